@@ -1,0 +1,1 @@
+"""The edge: live capture agent, pcap and NetFlow replay devices, synthetic traffic."""

@@ -1,0 +1,1 @@
+"""The live dashboard: ``panel serve dashboards/app.py``."""

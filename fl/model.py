@@ -1,0 +1,142 @@
+"""The reference MLP and the self-describing model artifact.
+
+Architecture (REFERENCE.md): 39 → 512 → 256 → 128 → 96 → 48 → 1, each hidden layer
+Linear → LayerNorm → ReLU, Xavier-uniform init, one logit (203,873 parameters).
+
+The artifact is one ``torch.save`` file of plain tensors and built-in types, loaded with
+``weights_only=True`` so opening a model file cannot run code. It carries everything serving
+needs: architecture, weights, feature order, preprocessing, decision threshold, provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl import preprocess
+from phoenix.schema import FEATURES, N_FEATURES
+
+ARTIFACT_FORMAT = "phoenixfl.model/1"
+HIDDEN = (512, 256, 128, 96, 48)
+
+
+class PhoenixMLP(nn.Module):
+    def __init__(self, n_inputs: int = N_FEATURES, hidden: tuple[int, ...] = HIDDEN) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_inputs
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class Artifact:
+    """A trained model plus what is needed to serve it correctly."""
+
+    model: PhoenixMLP
+    threshold: float = 0.5
+    provenance: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES
+    hidden: tuple[int, ...] = HIDDEN
+
+    @property
+    def version(self) -> str:
+        return str(self.provenance.get("version", "unversioned"))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        doc = {
+            "format": ARTIFACT_FORMAT,
+            "architecture": {"name": "mlp", "inputs": len(self.features), "hidden": list(self.hidden),
+                             "norm": "layernorm", "activation": "relu", "output": "logit"},
+            "state_dict": state,
+            "features": list(self.features),
+            "preprocessing": preprocess.spec(),
+            "threshold": float(self.threshold),
+            "provenance": self.provenance,
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(doc, tmp)
+        tmp.replace(path)
+        return path
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load and validate an artifact; refuses a feature list or transform that does not match."""
+    doc = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(doc, dict) or doc.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"{path}: not a {ARTIFACT_FORMAT} artifact")
+    features = tuple(doc["features"])
+    if features != FEATURES:
+        raise ValueError(f"{path}: feature list differs from this build's {N_FEATURES} NF-v2 features "
+                         f"(artifact has {len(features)}; first mismatch at "
+                         f"{next((i for i, (a, b) in enumerate(zip(features, FEATURES)) if a != b), min(len(features), N_FEATURES))})")
+    preprocess.check_spec(doc["preprocessing"])
+    hidden = tuple(doc["architecture"]["hidden"])
+    model = PhoenixMLP(len(features), hidden)
+    model.load_state_dict(doc["state_dict"])
+    model.eval()
+    return Artifact(model, float(doc["threshold"]), dict(doc.get("provenance", {})), features, hidden)
+
+
+def new_version(strategy: str) -> str:
+    return f"{strategy}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Scorer:
+    """Batch inference: raw feature matrix in, probabilities out. No per-record calls.
+
+    On CUDA the input goes through pinned host memory; on CPU the model is traced and frozen
+    with TorchScript, which fuses the LayerNorm/ReLU chain.
+    """
+
+    def __init__(self, artifact: Artifact, device: str = "auto", threads: int | None = None) -> None:
+        self.artifact = artifact
+        self.threshold = artifact.threshold
+        self.device = pick_device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        model = artifact.model.to(self.device).eval()
+        example = torch.zeros(64, len(artifact.features), device=self.device)
+        with torch.inference_mode():
+            self._model = torch.jit.freeze(torch.jit.trace(model, example)) if self.device.type == "cpu" else model
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(preprocess.transform(raw))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            return torch.sigmoid(self._model(x)).float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Bytewax dataflows. ``python -m bytewax.run flows.classify`` is the main job."""

@@ -1,0 +1,56 @@
+"""The unit that moves between dataflow stages: a batch of flow records ready to classify.
+
+NetFlow requests become one directly; packet requests become one when the flow meter closes
+flows. Features stay a raw (n, 39) float64 matrix until the classify stage applies the
+artifact's preprocessing, so both routes share one transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# Per-record identity and flow key; the classify stage appends score/label/timing columns
+# to reach phoenix.schema.VERDICT_SCHEMA.
+KEY_SCHEMA = pa.schema([
+    ("verdict_id", pa.string()),
+    ("device_id", pa.string()),
+    ("seq", pa.int64()),
+    ("src_addr", pa.string()),
+    ("src_port", pa.int32()),
+    ("dst_addr", pa.string()),
+    ("dst_port", pa.int32()),
+    ("protocol", pa.int16()),
+    ("first_seen_ns", pa.int64()),
+    ("last_seen_ns", pa.int64()),
+    ("send_ts_ns", pa.int64()),
+])
+
+
+@dataclass
+class FlowRecords:
+    """``features[i]`` is the raw NF-v2 vector of the flow described by ``keys`` row ``i``."""
+
+    keys: pa.Table
+    features: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.keys.num_rows != len(self.features):
+            raise ValueError(f"{self.keys.num_rows} keys for {len(self.features)} feature rows")
+
+    def __len__(self) -> int:
+        return self.keys.num_rows
+
+    @staticmethod
+    def concat(parts: list[FlowRecords]) -> FlowRecords:
+        if len(parts) == 1:
+            return parts[0]
+        return FlowRecords(
+            pa.concat_tables([p.keys for p in parts]),
+            np.concatenate([p.features for p in parts]),
+        )
+
+    def slice(self, start: int, stop: int) -> FlowRecords:
+        return FlowRecords(self.keys.slice(start, stop - start), self.features[start:stop])

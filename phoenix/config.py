@@ -1,0 +1,80 @@
+"""Settings shared by every component, read from ``PHOENIX_*`` environment variables.
+
+Flags on the command line override these; the environment is the only place secrets
+(the broker password inside ``PHOENIX_AMQP_URL``) come from, and :func:`redact_url`
+is what every log line and ``--help`` text uses to show a URL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = PROJECT_ROOT / "models" / "phoenix.pt"
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host`` → ``amqp://user:***@host``."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PHOENIX_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Topology and tuning. Names default to the ``phoenix.`` prefix (DESIGN.md)."""
+
+    amqp_url: str = field(default="amqp://guest:guest@localhost:5672/%2F", repr=False)
+    # Requests: a direct exchange routing to one RabbitMQ stream per partition.
+    requests_exchange: str = "phoenix.requests"
+    requests_stream_prefix: str = "phoenix.requests"
+    partitions: int = 4
+    # Where a partition starts reading when there is no recovery snapshot:
+    # "first" (nothing published is skipped), "last", "next", or an integer offset.
+    stream_start: str = "first"
+    stream_max_bytes: int = 2_000_000_000
+    # Verdict batches (Arrow) and EVE JSON alerts share one topic exchange.
+    alerts_exchange: str = "phoenix.alerts"
+    verdicts_stream: str = "phoenix.verdicts"
+    deadletter_exchange: str = "phoenix.deadletter"
+    deadletter_queue: str = "phoenix.deadletter"
+    deadletter_max: int = 100_000
+    # Batching in the dataflow: a batch closes at this many records or this age.
+    batch_max_records: int = 8192
+    batch_max_wait_ms: float = 5.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    model_path: str = str(DEFAULT_MODEL)
+    device: str = "auto"
+    archive_dir: str = "archive"
+    archive_roll_seconds: float = 60.0
+    archive_roll_rows: int = 1_000_000
+    worker_name: str = ""
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"PHOENIX_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def request_stream(self, partition: int) -> str:
+        return f"{self.requests_stream_prefix}.{partition}"
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.amqp_url)
