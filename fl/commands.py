@@ -1,9 +1,107 @@
-"""Subcommands of ``phoenix`` that belong to this area."""
+"""Subcommands of ``phoenix`` that belong to this area: ``train`` and ``evaluate``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "centralized", "local")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the ``phoenix`` parser."""
+    from fl.data import DEFAULT_DATA_DIR
+
+    p = sub.add_parser(
+        "train", help="train the model (federated with Flower, or a baseline) and write the artifact",
+        description="Train the PhoenixFL MLP. Federated strategies run the Flower ServerApp/ClientApp of fl/ "
+        "in-process with Flower's simulation runtime (one virtual SuperNode per organisation); "
+        "'centralized' pools all organisations' training rows (the upper bound); 'local' trains one model "
+        "per organisation and writes the cross matrix. The artifact's threshold is chosen on validation data.",
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
+    p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
+    p.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default 2)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs for centralized/local baselines (default 60)")
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR),
+                   help="directory holding the NF-v2 files of the organisations (default ../shared/data/nf)")
+    p.add_argument("--orgs", default="bot,ton,unsw,cse", help="organisations taking part (comma separated)")
+    p.add_argument("--out", default=None,
+                   help="artifact path (default models/phoenix.pt for centralized and federated runs; "
+                        "'local' writes no artifact)")
+    p.add_argument("--results", default="docs/results", help="where the run's metrics JSON and plots go")
+    p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx mu (default 0.01)")
+    p.add_argument("--malicious", default="", help="organisation that attacks (robustness experiments)")
+    p.add_argument("--attack", choices=("none", "labelflip", "scale"), default="none")
+    p.add_argument("--dp-noise", type=float, default=-1.0,
+                   help="server-side DP with fixed clipping at this noise multiplier (negative: off)")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="DP clipping norm of each update")
+    p.add_argument("--max-rows", type=int, default=0, help="subsample each organisation (tests; 0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="", help="run name for the results file (default: derived)")
+    p.add_argument("--report", action="store_true",
+                   help="instead of training: rebuild docs/training.md from the results directory")
+    p.set_defaults(handler=_train)
+
+    e = sub.add_parser(
+        "evaluate", help="metrics of a model artifact on labeled NF-v2 files",
+        description="Score labeled NF-v2 Parquet/CSV files with an artifact at its own threshold. "
+        "Files are used whole (no de-duplication, no split).",
+    )
+    e.add_argument("--model", default=None, help="artifact (default models/phoenix.pt)")
+    e.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(handler=_evaluate)
+
+
+def _log(msg: str) -> None:
+    # Progress goes to stderr: stdout stays free for --json documents.
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.report:
+        from fl import report
+
+        path = report.write_report(args.results)
+        _log(f"wrote {path}")
+        return 0
+    from fl import runner
+
+    return runner.run_from_args(args, _log)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fl.data import MissingLabelError, read_labeled
+    from fl.model import Scorer, load_artifact
+    from fl.task import metrics
+    from phoenix.cli import emit_json
+    from phoenix.config import DEFAULT_MODEL
+
+    model_path = args.model or str(DEFAULT_MODEL)
+    artifact = load_artifact(model_path)
+    scorer = Scorer(artifact, device=args.device)
+    results: dict[str, dict] = {}
+    for file in args.data:
+        try:
+            x, y = read_labeled(file)
+        except (MissingLabelError, FileNotFoundError, ValueError) as exc:
+            print(f"phoenix evaluate: {exc}", file=sys.stderr)
+            return 2
+        m = metrics(y, scorer.scores(x), artifact.threshold)
+        results[Path(file).name.split(".")[0]] = {k: (None if isinstance(v, float) and v != v else v)
+                                                 for k, v in m.items()}
+    if args.json:
+        emit_json(results)
+        return 0
+    print(f"model {model_path} (version {artifact.version}, threshold {artifact.threshold:.4f})")
+    cols = ("rows", "accuracy", "precision", "recall", "f1", "fpr", "pr_auc")
+    print(f"{'file':32s}" + "".join(f"{c:>11s}" for c in cols))
+    for name, m in results.items():
+        cells = [f"{m[c]:>11d}" if c == "rows" else (f"{m[c] * 100:>10.2f}%" if m[c] is not None else f"{'n/a':>11s}")
+                 for c in cols]
+        print(f"{name:32s}" + "".join(cells))
+    return 0

@@ -70,10 +70,13 @@ _META_SEQ = b"phoenix.seq"
 _META_SENT = b"phoenix.send_ts_ns"
 
 # Packet headers as the capture side sends them (kind "packets"); the flow meter consumes them.
+# Addresses are 16 raw bytes (IPv6, or IPv4-mapped ::ffff:a.b.c.d) rather than text: the capture
+# side fills them with one numpy gather and the meter hashes them without parsing strings
+# (capture/pcapio.py: addr_to_str / str_to_addr convert).
 PACKET_SCHEMA = pa.schema([
     ("ts_ns", pa.int64()),            # capture timestamp, ns since the epoch
-    ("src_addr", pa.string()),
-    ("dst_addr", pa.string()),
+    ("src_addr", pa.binary(16)),
+    ("dst_addr", pa.binary(16)),
     ("src_port", pa.int32()),
     ("dst_port", pa.int32()),
     ("protocol", pa.int16()),         # IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6)

@@ -1,0 +1,107 @@
+"""Flower ``ClientApp`` (Message API): one organisation, its own data, never shared.
+
+Which organisation a node is comes from its node config:
+
+* ``data-path`` — the organisation's own NF-v2 file (real deployment: each ``flower-supernode``
+  gets ``--node-config "data-path='…/NF-UNSW-NB15-v2.parquet'"``);
+* otherwise ``partition-id`` (simulation) → the ``orgs`` list sent by the server → its file in
+  ``data-dir``.
+
+Every setting a round needs (epochs, learning rate, FedProx mu, attack for robustness runs)
+travels in the message's ``ConfigRecord``, so the same app runs under ``flwr run``, under
+:func:`flwr.simulation.run_simulation` and on real SuperNodes without other configuration.
+What leaves the node: model weights, the number of training examples (the server weights by
+it), and aggregate counts (TP/FP/FN/TN per candidate threshold) used to choose the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl import data, task
+
+# Two shared cores: one intra-op thread per simulated organisation.
+torch.set_num_threads(1)
+
+app = ClientApp()
+
+
+def _resolve_dir(text: str) -> Path:
+    """``data-dir`` as given, else relative to the project root (cwd differs under ``flwr run``)."""
+    p = Path(text)
+    if p.is_absolute() or p.exists():
+        return p
+    from phoenix.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / p
+
+
+def org_data(context: Context, config: dict) -> data.OrgData:
+    """This node's prepared data (cached per process across rounds)."""
+    max_rows = int(config.get("max-rows", 0))
+    seed = int(config.get("split-seed", data.SPLIT_SEED))
+    path = context.node_config.get("data-path")
+    if path:
+        return data.load_org(str(path), seed, max_rows)
+    orgs = str(config.get("orgs", ",".join(data.ORGS))).split(",")
+    org = orgs[int(context.node_config["partition-id"]) % len(orgs)]
+    files = data.org_files(_resolve_dir(str(config.get("data-dir", data.DEFAULT_DATA_DIR))), (org,))
+    return data.load_org(files[org], seed, max_rows)
+
+
+def _model_from(msg: Message) -> torch.nn.Module:
+    model = task.make_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = dict(msg.content["config"])
+    d = org_data(context, cfg)
+    model = _model_from(msg)
+    rnd, rounds = int(cfg.get("server-round", 1)), int(cfg.get("num-rounds", 1))
+    # Cosine decay over the federation's rounds: the same schedule centralized training uses per epoch.
+    lr = float(cfg.get("lr", task.LR)) * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / max(rounds, 1)))
+    malicious = str(cfg.get("malicious", "")) == d.name and str(cfg.get("attack", "none")) != "none"
+    y = d.y_train
+    if malicious and cfg["attack"] == "labelflip":
+        y = 1.0 - y  # robustness experiment: this organisation trains on inverted labels
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = task.train(model, d.x_train, y, int(cfg.get("local-epochs", 1)), lr=lr,
+                      proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+                      seed=int(cfg.get("seed", 0)) * 100_000 + rnd * 10 + data.ORGS.index(d.name)
+                      if d.name in data.ORGS else rnd)
+    state = model.state_dict()
+    if malicious and cfg["attack"] == "scale":
+        # Model-replacement style attack: send the global model plus a boosted, sign-flipped update.
+        s = float(cfg.get("attack-scale", -10.0))
+        state = {k: global_state[k] + s * (v - global_state[k]) for k, v in state.items()}
+    metrics = MetricRecord({"train-loss": float(loss), "num-examples": len(d.y_train)})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = dict(msg.content["config"])
+    d = org_data(context, cfg)
+    model = _model_from(msg)
+    sv, st = task.predict(model, d.x_val), task.predict(model, d.x_test)
+    cv, ct = task.counts_at(d.y_val, sv), task.counts_at(d.y_test, st)
+    m = task.metrics(d.y_test, st, 0.5)
+    record = {
+        "num-examples": len(d.y_val),
+        "org-id": data.ORGS.index(d.name) if d.name in data.ORGS else -1,
+        "test-pr-auc": float(m["pr_auc"]) if np.isfinite(m["pr_auc"]) else 0.0,
+        **{f"val-{k}": v for k, v in cv.items()},
+        **{f"test-{k}": v for k, v in ct.items()},
+    }
+    # Provenance for the artifact: which file, its digest and row counts (no rows themselves).
+    prov = {k: v for k, v in d.provenance().items() if isinstance(v, str | int | float)}
+    return Message(RecordDict({"metrics": MetricRecord(record), "data": ConfigRecord(prov)}), reply_to=msg)

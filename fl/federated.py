@@ -1,0 +1,69 @@
+"""``phoenix train --strategy <federated>``: the Flower apps of ``fl/`` in Flower's simulation runtime.
+
+The ServerApp (:mod:`fl.server_app`) and ClientApp (:mod:`fl.client_app`) are the very objects
+``flwr run .`` and real SuperNodes run; here they are started in-process with
+:func:`flwr.simulation.run_simulation` (Ray backend, one virtual SuperNode per organisation,
+one CPU each) because that call returns the trained model to this process and needs no SuperLink.
+``run_simulation`` takes no run config, so the settings go to the ServerApp through
+:data:`fl.server_app.OVERRIDES`, and from there to clients inside each message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from phoenix.config import DEFAULT_MODEL
+
+Progress = Callable[[str], None]
+
+
+def simulate(cfg: dict[str, Any], *, cpus: int = 2, quiet: bool = True) -> dict[str, Any]:
+    """Run one federation in-process; returns :data:`fl.server_app.LAST_RUN` (summary + ``_model``)."""
+    from flwr.simulation import run_simulation
+
+    from fl import client_app, server_app
+
+    orgs = [o for o in str(cfg.get("orgs", "bot,ton,unsw,cse")).split(",") if o]
+    server_app.OVERRIDES.clear()
+    server_app.OVERRIDES.update(cfg)
+    server_app.LAST_RUN.clear()
+    if quiet:
+        # Flower logs every message exchange at INFO; our per-round line is the progress report.
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray workers must find the project packages however this process was started.
+    from phoenix.config import PROJECT_ROOT
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+                             "logging_level": logging.ERROR, "log_to_driver": True}}
+    run_simulation(server_app=server_app.app, client_app=client_app.app, num_supernodes=len(orgs),
+                   backend_config=backend)
+    if not server_app.LAST_RUN:
+        raise RuntimeError("the federated run produced no result (see the Flower log above)")
+    return dict(server_app.LAST_RUN)
+
+
+def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[str, Any]:
+    return {
+        "strategy": args.strategy, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
+        "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu,
+        "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
+        "max-rows": args.max_rows, "seed": args.seed, "out": out, "results": results, "name": args.name,
+    }
+
+
+def run_from_args(args: argparse.Namespace, log: Progress) -> int:
+    out = args.out if args.out is not None else str(DEFAULT_MODEL)
+    t0 = time.time()
+    log(f"federated {args.strategy}: {args.rounds} rounds x {args.local_epochs} local epochs, "
+        f"organisations {args.orgs} (Flower simulation runtime, in-process)")
+    summary = simulate(config_from_args(args, out, args.results))
+    log(f"wall time {time.time() - t0:.0f}s (federation {summary['wall_s']:.0f}s)")
+    return 0

@@ -1,0 +1,222 @@
+"""Flower ``ServerApp`` (Message API): strategy from the run config, per-organisation metrics,
+validation-chosen threshold, and the model artifact.
+
+Run config keys (``[tool.flwr.app.config]`` in pyproject, ``flwr run . --run-config``, or
+:data:`OVERRIDES` for the in-process simulation of ``phoenix train``): see :data:`DEFAULTS`.
+
+Strategies (``strategy``): ``fedavg``, ``fedprox`` (the client adds ``mu/2·||w − w_global||²`` on
+every batch), ``fedmedian``, ``fedtrimmedavg`` (β = 0.25: with four organisations one is cut from
+each end), ``multikrum`` (f = 1 assumed attacker, averages the n − 2 most central updates).
+``dp-noise ≥ 0`` wraps any of them in Flower's server-side fixed-clipping DP.
+
+Each evaluation round every organisation returns TP/FP/FN/TN counts of its validation and test
+splits at a grid of thresholds. The server picks the threshold that maximises the mean
+per-organisation *validation* F1 and reports every organisation's metrics at that threshold:
+no row leaves a node, and test data never chooses anything.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    MultiKrum,
+    Strategy,
+)
+
+from fl import task
+from fl.data import ORGS
+
+DEFAULTS: dict[str, Any] = {
+    "num-server-rounds": 20,
+    "local-epochs": 2,
+    "strategy": "fedavg",
+    "data-dir": "../shared/data/nf",
+    "orgs": ",".join(ORGS),       # partition-id i of a simulation is the i-th organisation here
+    "lr": task.LR,
+    "proximal-mu": 0.01,
+    "malicious": "",              # robustness runs: this organisation attacks ...
+    "attack": "none",             # ... with "labelflip" or "scale"
+    "attack-scale": -10.0,
+    "dp-noise": -1.0,             # < 0: no differential privacy
+    "dp-clip": 1.0,
+    "max-rows": 0,                # > 0: each organisation subsamples (tests)
+    "seed": 0,
+    "out": "",                    # artifact path; empty: none written
+    "results": "",                # directory for <name>.json; empty: none written
+    "name": "",
+}
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum")
+
+# Set by fl.federated before an in-process simulation (run_simulation takes no run config).
+OVERRIDES: dict[str, Any] = {}
+# The last run's summary, for the in-process caller.
+LAST_RUN: dict[str, Any] = {}
+
+app = ServerApp()
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def metrics_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+    n = tp + fp + fn + tn
+    return {
+        "rows": n, "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }
+
+
+class Recorder:
+    """``evaluate_metrics_aggr_fn``: per-organisation metrics every round, threshold on validation."""
+
+    def __init__(self, label: str, rounds: int) -> None:
+        self.label, self.rounds = label, rounds
+        self.history: list[dict] = []
+        self.data: dict[str, dict] = {}
+        self.t0 = time.time()
+
+    def __call__(self, records: list[RecordDict], weight_key: str) -> MetricRecord:
+        per_org: dict[str, MetricRecord] = {}
+        for rd in records:
+            m = rd.metric_records["metrics"]
+            prov = dict(rd.config_records["data"]) if "data" in rd.config_records else {}
+            org = str(prov.get("org", ORGS[int(m["org-id"])] if int(m["org-id"]) >= 0 else len(per_org)))
+            per_org[org] = m
+            self.data[org] = prov
+        order = [o for o in ORGS if o in per_org] + sorted(o for o in per_org if o not in ORGS)
+        val_counts = [{k: per_org[o][f"val-{k}"] for k in ("tp", "fp", "fn")} for o in order]
+        thr = task.choose_threshold(val_counts)
+        i = int(np.argmin(np.abs(task.THRESHOLDS - thr)))
+        orgs: dict[str, dict] = {}
+        for o in order:
+            m = per_org[o]
+            orgs[o] = {
+                "val": metrics_from_counts(*(int(m[f"val-{k}"][i]) for k in ("tp", "fp", "fn", "tn"))),
+                "test": metrics_from_counts(*(int(m[f"test-{k}"][i]) for k in ("tp", "fp", "fn", "tn"))),
+            }
+            orgs[o]["test"]["pr_auc"] = float(m["test-pr-auc"])
+        rnd = len(self.history) + 1
+        val_mean = float(np.mean([orgs[o]["val"]["f1"] for o in order]))
+        test_mean = float(np.mean([orgs[o]["test"]["f1"] for o in order]))
+        self.history.append({"round": rnd, "threshold": thr, "val_f1_mean": val_mean, "test_f1_mean": test_mean,
+                             "elapsed_s": time.time() - self.t0, "orgs": orgs})
+        _log(f"[{self.label}] round {rnd}/{self.rounds} thr {thr:.3f} val F1 mean {val_mean * 100:.2f} | test F1 "
+             + " ".join(f"{o} {orgs[o]['test']['f1'] * 100:.2f}" for o in order)
+             + f" ({time.time() - self.t0:.0f}s)")
+        return MetricRecord({"val-f1-mean": val_mean, "test-f1-mean": test_mean, "threshold": thr})
+
+
+def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Strategy:
+    name = str(cfg["strategy"])
+    common: dict[str, Any] = {
+        "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": n_nodes,
+        "min_evaluate_nodes": n_nodes, "min_available_nodes": n_nodes, "evaluate_metrics_aggr_fn": recorder,
+    }
+    strategy: Strategy
+    if name == "fedavg":
+        strategy = FedAvg(**common)
+    elif name == "fedprox":
+        strategy = FedProx(**common, proximal_mu=float(cfg["proximal-mu"]))
+    elif name == "fedmedian":
+        strategy = FedMedian(**common)
+    elif name == "fedtrimmedavg":
+        strategy = FedTrimmedAvg(**common, beta=0.25)
+    elif name == "multikrum":
+        strategy = MultiKrum(**common, num_malicious_nodes=1, num_nodes_to_select=max(n_nodes - 2, 1))
+    else:
+        raise ValueError(f"unknown strategy {name!r}; one of {STRATEGY_NAMES}")
+    if float(cfg["dp-noise"]) >= 0:
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=float(cfg["dp-noise"]), clipping_norm=float(cfg["dp-clip"]),
+            num_sampled_clients=n_nodes)
+    return strategy
+
+
+def run_label(cfg: dict[str, Any]) -> str:
+    if cfg.get("name"):
+        return str(cfg["name"])
+    label = str(cfg["strategy"])
+    if cfg.get("attack", "none") != "none" and cfg.get("malicious"):
+        label += f"-{cfg['attack']}-{cfg['malicious']}"
+    if float(cfg.get("dp-noise", -1)) >= 0:
+        label += f"-dp{cfg['dp-noise']:g}"
+    return label
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = {**DEFAULTS, **dict(context.run_config), **OVERRIDES}
+    orgs = [o for o in str(cfg["orgs"]).split(",") if o]
+    rounds = int(cfg["num-server-rounds"])
+    label = run_label(cfg)
+    recorder = Recorder(label, rounds)
+    strategy = build_strategy(cfg, len(orgs), recorder)
+    model = task.make_model(int(cfg["seed"]))
+    # Everything a client needs travels with the message (see fl.client_app).
+    shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"])}
+    train_cfg = ConfigRecord({**shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]),
+                              "num-rounds": rounds, "seed": int(cfg["seed"]), "malicious": str(cfg["malicious"]),
+                              "attack": str(cfg["attack"]), "attack-scale": float(cfg["attack-scale"])})
+    t0 = time.time()
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                            train_config=train_cfg, evaluate_config=ConfigRecord(shared))
+    wall = time.time() - t0
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    finish(cfg, label, recorder, model, wall)
+
+
+def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall: float) -> dict[str, Any]:
+    """Write the artifact and the results JSON; remember the summary for an in-process caller."""
+    from fl.model import Artifact, new_version
+
+    last = recorder.history[-1] if recorder.history else {"threshold": 0.5, "orgs": {}}
+    thr = float(last["threshold"])
+    val = {o: m["val"] for o, m in last["orgs"].items()}
+    test = {o: m["test"] for o, m in last["orgs"].items()}
+    summary = {
+        "kind": "federated", "name": label, "strategy": str(cfg["strategy"]),
+        "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
+        "config": {k: v for k, v in cfg.items() if k not in ("out", "results")},
+        "threshold": thr, "val": val, "test": test, "history": recorder.history, "data": recorder.data,
+        "wall_s": wall,
+    }
+    _log(f"[{label}] done in {wall:.0f}s: test F1 " + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in test.items()))
+    if cfg.get("out"):
+        from fl.runner import _clean
+
+        prov = {
+            "version": new_version(str(cfg["strategy"])), "strategy": str(cfg["strategy"]),
+            "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
+            "data": [recorder.data.get(o, {"org": o}) for o in test],
+            "threshold_from": "validation splits (mean per-organisation F1, from counts sent by the nodes)",
+            "metrics": _clean({"val": val, "test": test}), "wall_s": round(wall, 1),
+            "config": _clean(summary["config"]),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        out = Artifact(model, thr, prov).save(Path(str(cfg["out"])))
+        summary["artifact"], summary["version"] = str(out), prov["version"]
+        _log(f"[{label}] wrote {out} (threshold {thr:.4f}, version {prov['version']})")
+    if cfg.get("results"):
+        from fl.runner import save_results
+
+        path = save_results(str(cfg["results"]), label, summary)
+        _log(f"[{label}] results in {path}")
+    LAST_RUN.clear()
+    LAST_RUN.update(summary)
+    LAST_RUN["_model"] = model  # in-process callers (leave-one-out) evaluate it further
+    return summary

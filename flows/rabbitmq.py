@@ -1,0 +1,197 @@
+"""Bytewax connectors that hide the broker: a replayable stream source and confirmed sinks.
+
+The source is a ``FixedPartitionedSource`` with one partition per request stream; its snapshot
+is the offset of the last message it emitted. With Bytewax recovery (``-r DIR -s N -b N``) a
+restarted process resumes each partition right after that offset, so every message is read at
+least once. The sinks return from ``write_batch`` only after the broker confirmed every message,
+and Bytewax commits an epoch's snapshot only after its sinks have written, so a verdict for every
+record is durable before its input offset is ever committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pika
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from phoenix import broker, schema
+from phoenix.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request message as read from a stream."""
+
+    stream: str
+    offset: int
+    body: bytes
+    content_type: str | None
+    received_ns: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.stream}@{self.offset}"
+
+
+class _StreamPartition(StatefulSourcePartition[Delivery, int]):
+    def __init__(self, settings: Settings, stream: str, resume_offset: int | None) -> None:
+        self.settings = settings
+        self.stream = stream
+        # Offset of the last message handed to the dataflow; the snapshot.
+        self.last_emitted: int | None = resume_offset
+        self._buffer: list[Delivery] = []
+        self._last_tag = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._ch = None
+        self._awake: datetime | None = None
+        self._retry_delay = 0.2
+        self._max_wait_ns = int(settings.batch_max_wait_ms * 1e6)
+
+    def _start_offset(self):
+        if self.last_emitted is not None:
+            return self.last_emitted + 1
+        start = self.settings.stream_start
+        return int(start) if start.lstrip("-").isdigit() else start
+
+    def _connect(self) -> None:
+        self._conn = broker.connect(self.settings)
+        ch = self._conn.channel()
+        broker.declare_requests(ch, self.settings)
+        broker.declare_outputs(ch, self.settings)
+        # Stream consumers need a prefetch and acks, which only return credit.
+        ch.basic_qos(prefetch_count=2000)
+        ch.basic_consume(self.stream, self._on_message, auto_ack=False,
+                         arguments={"x-stream-offset": self._start_offset()})
+        self._ch = ch
+        self._buffer.clear()
+        self._retry_delay = 0.2
+        log.info("reading %s from offset %s", self.stream, self._start_offset())
+
+    def _on_message(self, ch, method, props, body: bytes) -> None:
+        offset = (props.headers or {}).get("x-stream-offset", -1)
+        self._last_tag = method.delivery_tag
+        if self.last_emitted is not None and offset <= self.last_emitted:
+            return  # a stream may resend the chunk holding the start offset
+        self._buffer.append(Delivery(self.stream, int(offset), body, props.content_type, time.time_ns()))
+
+    def next_batch(self) -> list[Delivery]:
+        try:
+            if self._ch is None:
+                self._connect()
+            self._conn.process_data_events(time_limit=0)
+            if self._last_tag:
+                self._ch.basic_ack(self._last_tag, multiple=True)
+                self._last_tag = 0
+        except broker.CONNECTION_ERRORS as exc:
+            log.warning("%s: broker unavailable (%s); retrying in %.1fs", self.stream,
+                        exc.__class__.__name__, self._retry_delay)
+            self._drop()
+            self._awake = datetime.now(UTC) + timedelta(seconds=self._retry_delay)
+            self._retry_delay = min(self._retry_delay * 2, 5.0)
+            return []
+        if not self._buffer:
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=1)
+            return []
+        # Hold a small batch back until it is big enough or old enough: bounded by size and time.
+        if len(self._buffer) < 64 and time.time_ns() - self._buffer[0].received_ns < self._max_wait_ns:
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=1)
+            return []
+        out, self._buffer = self._buffer, []
+        self.last_emitted = out[-1].offset
+        self._awake = None
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int | None:
+        return self.last_emitted
+
+    def _drop(self) -> None:
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything pika has
+            pass
+        self._conn = self._ch = None
+        self._buffer.clear()
+
+    def close(self) -> None:
+        self._drop()
+
+
+class RequestStreamSource(FixedPartitionedSource[Delivery, int]):
+    """Reads the ``phoenix.requests.<p>`` streams, one Bytewax partition each."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def list_parts(self) -> list[str]:
+        return [self.settings.request_stream(p) for p in range(self.settings.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _StreamPartition:
+        return _StreamPartition(self.settings, for_part, resume_state)
+
+
+class _VerdictPartition(StatelessSinkPartition):
+    def __init__(self, settings: Settings, worker: str) -> None:
+        self.settings = settings
+        self.routing_key = schema.verdict_routing_key(worker)
+        self.publisher = ConfirmedOutputs(settings, "verdict sink")
+
+    def write_batch(self, items: list) -> None:
+        for verdicts in items:
+            self.publisher.publish(self.settings.alerts_exchange, self.routing_key,
+                                   schema.encode_table(verdicts), content_type=schema.ARROW_CONTENT_TYPE)
+            for src, ndjson in schema.eve_alerts(verdicts).items():
+                self.publisher.publish(self.settings.alerts_exchange, schema.alert_routing_key(src),
+                                       ndjson, content_type=schema.NDJSON_CONTENT_TYPE)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class VerdictSink(DynamicSink):
+    """Verdict batches (Arrow) and per-source EVE alert batches to the alerts exchange."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _VerdictPartition:
+        return _VerdictPartition(self.settings, f"{self.settings.worker_name or 'w'}{worker_index}")
+
+
+class _DeadLetterPartition(StatelessSinkPartition):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.publisher = ConfirmedOutputs(settings, "dead-letter sink")
+        self.count = 0
+
+    def write_batch(self, items: list[bytes]) -> None:
+        for doc in items:
+            self.publisher.publish(self.settings.deadletter_exchange, "", doc,
+                                   content_type=schema.JSON_CONTENT_TYPE)
+        self.count += len(items)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class DeadLetterSink(DynamicSink):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+        return _DeadLetterPartition(self.settings)
+
+
+def ConfirmedOutputs(settings: Settings, what: str) -> broker.ConfirmedPublisher:  # noqa: N802
+    """A confirmed publisher that declares the output topology on every (re)connect."""
+    return broker.ConfirmedPublisher(settings, declare=(broker.declare_outputs,), what=what)
