@@ -122,6 +122,7 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
             pass
         self._conn = self._ch = None
         self._buffer.clear()
+        self._last_tag = 0  # delivery tags belong to the dead channel
 
     def close(self) -> None:
         self._drop()

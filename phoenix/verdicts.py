@@ -68,3 +68,38 @@ class VerdictCollector:
             self.conn.close()
         except broker.CONNECTION_ERRORS:
             pass
+
+
+def read_verdict_stream(settings: Settings, *, expect_ids: set[str], timeout: float) -> pa.Table:
+    """Read the durable verdicts stream from its start until every id in ``expect_ids`` was seen.
+
+    Survives broker restarts by reconnecting; used to prove that nothing was lost.
+    """
+    seen: set[str] = set()
+    tables: list[pa.Table] = []
+    deadline = time.monotonic() + timeout
+    next_offset: int | str = "first"
+
+    while time.monotonic() < deadline and not expect_ids <= seen:
+        try:
+            conn = broker.connect(settings)
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=1000)
+            for method, props, body in ch.consume(settings.verdicts_stream, inactivity_timeout=1.0,
+                                                  arguments={"x-stream-offset": next_offset}):
+                if method is None:
+                    if expect_ids <= seen or time.monotonic() > deadline:
+                        break
+                    continue
+                offset = (props.headers or {}).get("x-stream-offset", -1)
+                ch.basic_ack(method.delivery_tag)
+                if isinstance(next_offset, int) and offset < next_offset:
+                    continue
+                next_offset = offset + 1
+                table = schema.decode_table(body)
+                tables.append(table)
+                seen.update(table.column("verdict_id").to_pylist())
+            conn.close()
+        except broker.CONNECTION_ERRORS:
+            time.sleep(0.5)
+    return pa.concat_tables(tables) if tables else schema.VERDICT_SCHEMA.empty_table()
