@@ -95,7 +95,7 @@ def load_artifact(path: str | Path) -> Artifact:
     if features != FEATURES:
         raise ValueError(f"{path}: feature list differs from this build's {N_FEATURES} NF-v2 features "
                          f"(artifact has {len(features)}; first mismatch at "
-                         f"{next((i for i, (a, b) in enumerate(zip(features, FEATURES)) if a != b), min(len(features), N_FEATURES))})")
+                         f"{next((i for i, (a, b) in enumerate(zip(features, FEATURES, strict=False)) if a != b), min(len(features), N_FEATURES))})")
     preprocess.check_spec(doc["preprocessing"])
     hidden = tuple(doc["architecture"]["hidden"])
     model = PhoenixMLP(len(features), hidden)
@@ -132,7 +132,7 @@ class Scorer:
         model = artifact.model.to(self.device).eval()
         example = torch.zeros(64, len(artifact.features), device=self.device)
         with torch.inference_mode():
-            self._model = torch.jit.freeze(torch.jit.trace(model, example)) if self.device.type == "cpu" else model
+            self._model = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False)) if self.device.type == "cpu" else model
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(preprocess.transform(raw))

@@ -42,7 +42,9 @@ def build(settings: Settings) -> Dataflow:
 
     records = op.merge("records", by_kind.trues, metered)
     batches = op.flat_map_batch("batch", records, rebatch(settings.batch_max_records))
-    verdicts = op.map("classify", batches, Classifier(settings))
+    classifier = Classifier(settings)
+    classifier.scorer  # load the model now, not on the first batch: no latency spike at start  # noqa: B018
+    verdicts = op.map("classify", batches, classifier)
 
     op.output("verdicts", verdicts, VerdictSink(settings))
     op.output("archive", verdicts, ParquetArchiveSink(settings))

@@ -27,7 +27,7 @@ class Decoder:
         self.worker = settings.worker_name
 
     def __call__(self, deliveries: list[Delivery]) -> Iterable[Decoded]:
-        records: list[FlowRecords] = []
+        parts: list[tuple[Delivery, schema.Request, pa.Table, pa.Table]] = []
         for d in deliveries:
             try:
                 if len(d.body) > self.max_bytes:
@@ -37,38 +37,33 @@ class Decoder:
                 if req.kind == schema.KIND_PACKETS:
                     yield req
                     continue
-                good, dead = netflow_records(req)
-                if len(good):
-                    records.append(good)
-                if dead is not None:
-                    yield self._dead(d, req.device_id, req.seq, *dead)
+                feats = schema.netflow_features(req.table)
+                parts.append((d, req, _keys(req, req.table, feats.num_rows), feats))
             except schema.BadMessage as bad:
                 yield self._dead(d, "", -1, bad.reason, bad.detail, 0)
-        if records:
-            yield FlowRecords.concat(records)
+        if parts:
+            yield from self._records(parts)
+
+    def _records(self, parts) -> Iterable[Decoded]:
+        # One matrix conversion for every message of the activation: per-column costs are paid once.
+        x = schema.netflow_matrix(pa.concat_tables([p[3] for p in parts]))
+        keys = pa.concat_tables([p[2] for p in parts])
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            edges = np.cumsum([0] + [p[3].num_rows for p in parts])
+            for (d, req, _, _), a, b in zip(parts, edges[:-1], edges[1:], strict=True):
+                bad_rows = np.flatnonzero(~finite[a:b])
+                if bad_rows.size:
+                    detail = (f"{bad_rows.size} of {b - a} records hold NaN or infinity "
+                              f"(rows {bad_rows[:10].tolist()})")
+                    yield self._dead(d, req.device_id, req.seq, "non_finite", detail, int(bad_rows.size))
+            keys, x = keys.filter(pa.array(finite)), x[finite]
+        if len(x):
+            yield FlowRecords(keys, x)
 
     def _dead(self, d: Delivery, device: str, seq: int, reason: str, detail: str, n: int) -> bytes:
         return schema.dead_letter(reason, detail, body=d.body, device_id=device, seq=seq, source=d.source,
                                   records=n, received_ts_ns=d.received_ns, worker=self.worker)
-
-
-def netflow_records(req: schema.Request) -> tuple[FlowRecords, tuple[str, str, int] | None]:
-    """The classifiable rows of a NetFlow request, and a dead-letter reason for the rest.
-
-    Raises :class:`phoenix.schema.BadMessage` when the message as a whole is unusable.
-    """
-    table = req.table
-    x = schema.netflow_matrix(table)
-    n = len(x)
-    idx = np.arange(n)
-    keys = _keys(req, table, n)
-    finite = np.isfinite(x).all(axis=1)
-    if finite.all():
-        return FlowRecords(keys, x), None
-    bad_rows = idx[~finite]
-    detail = f"{len(bad_rows)} of {n} records hold NaN or infinity (rows {bad_rows[:10].tolist()})"
-    keep = pa.array(finite)
-    return FlowRecords(keys.filter(keep), x[finite]), ("non_finite", detail, len(bad_rows))
 
 
 def _keys(req: schema.Request, table: pa.Table, n: int) -> pa.Table:

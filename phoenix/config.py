@@ -72,6 +72,10 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """``PHOENIX_*`` variables that make a child process (a dataflow, a device) use these settings."""
+        return {f"PHOENIX_{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
+
     def request_stream(self, partition: int) -> str:
         return f"{self.requests_stream_prefix}.{partition}"
 

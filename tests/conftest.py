@@ -27,14 +27,7 @@ REPLAY_CSV = NF_DIR / "NF-ToN-IoT-v2-replay-10k.csv"
 
 
 def settings_env(s: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess use exactly these settings."""
-    env = dict(os.environ)
-    for field in ("amqp_url", "requests_exchange", "requests_stream_prefix", "partitions", "alerts_exchange",
-                  "verdicts_stream", "deadletter_exchange", "deadletter_queue", "archive_dir", "model_path",
-                  "batch_max_records", "batch_max_wait_ms", "stream_start", "max_message_bytes", "stream_max_bytes"):
-        env[f"PHOENIX_{field.upper()}"] = str(getattr(s, field))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return {**os.environ, **s.to_env(), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture
