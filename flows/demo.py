@@ -54,22 +54,27 @@ def demo(args: argparse.Namespace) -> int:
 
 def _summarise(collector: VerdictCollector, cluster: DataflowCluster, seconds: float | None) -> None:
     """One line, rewritten every second: rate, malicious share, p99 latency over the last 10 s."""
-    window: collections.deque = collections.deque(maxlen=10)
+    window: collections.deque = collections.deque()  # (arrival time, verdicts, latencies)
     total = malicious = 0
-    start = time.monotonic()
+    start = last_print = time.monotonic()
     while cluster.alive() and (seconds is None or time.monotonic() - start < seconds):
-        collector.poll(1.0)
+        collector.poll(0.2)
         tables, recv = collector.tables, collector.received_ns
         collector.tables, collector.received_ns = [], []  # keep memory flat: summarise and drop
-        n = sum(t.num_rows for t in tables)
-        mal = sum(int(np.count_nonzero(t.column("malicious").to_numpy(zero_copy_only=False))) for t in tables)
-        lat = [(r - t.column("send_ts_ns").to_numpy()) / 1e6 for r, t in zip(recv, tables, strict=True)]
-        window.append((n, np.concatenate(lat) if lat else np.empty(0)))
-        total += n
-        malicious += mal
-        recent = np.concatenate([w[1] for w in window]) if window else np.empty(0)
-        p99 = f"{np.percentile(recent, 99):6.1f} ms" if recent.size else "     - ms"
-        rate = sum(w[0] for w in window) / len(window)
+        now = time.monotonic()
+        for r, t in zip(recv, tables, strict=True):
+            window.append((now, t.num_rows, (r - t.column("send_ts_ns").to_numpy()) / 1e6))
+            total += t.num_rows
+            malicious += int(np.count_nonzero(t.column("malicious").to_numpy(zero_copy_only=False)))
+        while window and window[0][0] < now - 10:
+            window.popleft()
+        if now - last_print < 1.0:
+            continue
+        last_print = now
+        span = min(10.0, now - start)
+        rate = sum(w[1] for w in window) / span if span > 0 else 0.0
+        recent = np.concatenate([w[2] for w in window]) if window else np.empty(0)
+        p99 = f"{np.percentile(recent, 99):7.1f} ms" if recent.size else "      - ms"
         share = 100 * malicious / total if total else 0.0
         print(f"\r{rate:10,.0f} verdicts/s | malicious {share:5.1f} % | p99 {p99} | total {total:,}   ",
               end="", file=sys.stderr, flush=True)

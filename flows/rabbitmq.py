@@ -10,6 +10,7 @@ record is durable before its input offset is ever committed.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -141,21 +142,47 @@ class RequestStreamSource(FixedPartitionedSource[Delivery, int]):
         return _StreamPartition(self.settings, for_part, resume_state)
 
 
+class _Counter:
+    """Counts by name and logs a summary line at most every ``every_s`` seconds."""
+
+    def __init__(self, what: str, every_s: float = 10.0) -> None:
+        self.what = what
+        self.every_s = every_s
+        self.counts: dict[str, int] = {}
+        self._last = time.monotonic()
+
+    def add(self, **counts: int) -> None:
+        for k, v in counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        if time.monotonic() - self._last >= self.every_s:
+            self.log()
+
+    def log(self) -> None:
+        self._last = time.monotonic()
+        if self.counts:
+            log.info("%s: %s", self.what, ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items())))
+
+
 class _VerdictPartition(StatelessSinkPartition):
     def __init__(self, settings: Settings, worker: str) -> None:
         self.settings = settings
         self.routing_key = schema.verdict_routing_key(worker)
         self.publisher = ConfirmedOutputs(settings, "verdict sink")
+        self.counter = _Counter(f"verdict sink {worker}")
 
     def write_batch(self, items: list) -> None:
         for verdicts in items:
             self.publisher.publish(self.settings.alerts_exchange, self.routing_key,
                                    schema.encode_table(verdicts), content_type=schema.ARROW_CONTENT_TYPE)
-            for src, ndjson in schema.eve_alerts(verdicts).items():
+            alerts = schema.eve_alerts(verdicts)
+            for src, ndjson in alerts.items():
                 self.publisher.publish(self.settings.alerts_exchange, schema.alert_routing_key(src),
                                        ndjson, content_type=schema.NDJSON_CONTENT_TYPE)
+            malicious = sum(body.count(b"\n") for body in alerts.values())
+            self.counter.add(verdicts=verdicts.num_rows, malicious=malicious, alert_messages=len(alerts))
 
     def close(self) -> None:
+        self.counter.log()
         self.publisher.close()
 
 
@@ -173,15 +200,16 @@ class _DeadLetterPartition(StatelessSinkPartition):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.publisher = ConfirmedOutputs(settings, "dead-letter sink")
-        self.count = 0
+        self.counter = _Counter("dead letters", every_s=5.0)
 
     def write_batch(self, items: list[bytes]) -> None:
         for doc in items:
             self.publisher.publish(self.settings.deadletter_exchange, "", doc,
                                    content_type=schema.JSON_CONTENT_TYPE)
-        self.count += len(items)
+            self.counter.add(**{json.loads(doc)["reason"]: 1})
 
     def close(self) -> None:
+        self.counter.log()
         self.publisher.close()
 
 
