@@ -67,7 +67,8 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
         broker.declare_requests(ch, self.settings)
         broker.declare_outputs(ch, self.settings)
         # Stream consumers need a prefetch and acks, which only return credit.
-        ch.basic_qos(prefetch_count=2000)
+        # Credit bounds memory: at most this many messages (each ≤ max_message_bytes) in flight.
+        ch.basic_qos(prefetch_count=256)
         ch.basic_consume(self.stream, self._on_message, auto_ack=False,
                          arguments={"x-stream-offset": self._start_offset()})
         self._ch = ch

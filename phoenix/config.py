@@ -48,7 +48,7 @@ class Settings:
     # Batching in the dataflow: a batch closes at this many records or this age.
     batch_max_records: int = 8192
     batch_max_wait_ms: float = 5.0
-    max_message_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
     model_path: str = str(DEFAULT_MODEL)
     device: str = "auto"
     archive_dir: str = "archive"
