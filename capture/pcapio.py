@@ -33,7 +33,7 @@ from phoenix.schema import PACKET_SCHEMA
 # A record longer than this is taken as a corrupt header, not a jumbo frame (pcap's own
 # MAXIMUM_SNAPLEN is 262144).
 MAX_RECORD = 262_144
-READ_CHUNK = 32 << 20  # bytes read from a file at a time: bounds memory on huge captures
+READ_CHUNK = 8 << 20  # bytes read from a file at a time: bounds memory on huge captures
 PAD = 512  # zero bytes after the buffer so field gathers never index out of range
 
 # Link types (LINKTYPE_* numbers from tcpdump.org/linktypes.html).
@@ -166,6 +166,25 @@ def addrs_to_str(a: np.ndarray) -> list[str]:
     return out
 
 
+def addrs_to_arrow(a: np.ndarray) -> pa.StringArray:
+    """Vector form of :func:`addr_to_str` straight to Arrow: IPv4 text is joined in C++ (this is
+    the hot part of emitting flows); only IPv6 rows go through Python."""
+    import pyarrow.compute as pc
+
+    n = len(a)
+    if n == 0:
+        return pa.array([], pa.string())
+    v4 = (a[:, :12] == np.frombuffer(V4_MAPPED_PREFIX, np.uint8)).all(axis=1)
+    octets = [pa.array(a[:, 12 + i]).cast(pa.string()) for i in range(4)]
+    out = pc.binary_join_element_wise(*octets, ".")
+    if not v4.all():
+        text = out.to_pylist()
+        for i in np.flatnonzero(~v4).tolist():
+            text[i] = addr_to_str(a[i].tobytes())
+        out = pa.array(text, pa.string())
+    return out
+
+
 def str_to_addr(s: str) -> bytes:
     import ipaddress
 
@@ -181,11 +200,11 @@ class CaptureError(ValueError):
 
 @dataclass
 class _Frames:
-    """Record positions inside a buffer, before header decoding."""
+    """Record positions inside a buffer, before header decoding (lists or arrays)."""
 
-    offsets: list[int] = field(default_factory=list)
-    caplens: list[int] = field(default_factory=list)
-    ts_ns: list[int] = field(default_factory=list)
+    offsets: list[int] | np.ndarray = field(default_factory=list)
+    caplens: list[int] | np.ndarray = field(default_factory=list)
+    ts_ns: list[int] | np.ndarray = field(default_factory=list)
     linktypes: list[int] = field(default_factory=list)
 
 
@@ -229,22 +248,24 @@ def _iter_pcap(f, name: str, batch_packets: int, stats: DecodeStats) -> Iterator
     _, _, _, _, snaplen, network = struct.unpack(endian + "HHiIII", hdr[4:])
     linktype = network & 0x0FFF_FFFF  # upper bits may carry FCS info
     frac_mul = 1 if nano else 1000
-    rec = struct.Struct(endian + "IIII")
-    unpack = rec.unpack_from
+    incl_at = struct.Struct(endian + "I").unpack_from
+    rec_dtype = np.dtype(endian + "u4")
     carry = b""
     pos_in_file = 24
     eof = False
-    frames = _Frames()
     while not eof:
         chunk = f.read(READ_CHUNK)
         eof = len(chunk) < READ_CHUNK
         buf = carry + chunk if carry else chunk
         n = len(buf)
         off = 0
-        offsets, caplens, tss = frames.offsets, frames.caplens, frames.ts_ns
+        # The only per-record Python: follow the length chain. Timestamps and lengths are then
+        # read for all records at once from the collected offsets.
+        offsets: list[int] = []
+        app = offsets.append
         broken = False
         while off + 16 <= n:
-            sec, frac, incl, _orig = unpack(buf, off)
+            incl = incl_at(buf, off + 8)[0]
             if incl > MAX_RECORD:
                 stats.errors.append(
                     f"{name}: corrupt record header at byte {pos_in_file + off} (incl_len={incl}); "
@@ -254,15 +275,17 @@ def _iter_pcap(f, name: str, batch_packets: int, stats: DecodeStats) -> Iterator
             end = off + 16 + incl
             if end > n:
                 break
-            offsets.append(off + 16)
-            caplens.append(incl)
-            tss.append(sec * 1_000_000_000 + frac * frac_mul)
+            app(off)
             off = end
         if offsets:
             arr = np.frombuffer(buf + bytes(PAD), dtype=np.uint8)
+            ro = np.asarray(offsets, dtype=np.int64)
+            words = np.frombuffer(buf, dtype=np.uint8)[ro[:, None] + np.arange(12)].copy().view(rec_dtype)
+            sec = words[:, 0].astype(np.int64)
+            frac = words[:, 1].astype(np.int64)
+            frames = _Frames(ro + 16, words[:, 2].astype(np.int64), sec * 1_000_000_000 + frac * frac_mul)
             stats.records += len(offsets)
             yield from _decode_chunks(arr, frames, [], linktype, batch_packets, stats)
-        frames = _Frames()
         if broken:
             return
         pos_in_file += off
@@ -301,7 +324,7 @@ def _iter_pcapng(f, name: str, batch_packets: int, stats: DecodeStats) -> Iterat
         body = off + 8
         if btype == 1:  # Interface Description Block
             lt = struct.unpack_from(endian + "H", data, body)[0]
-            tsres = (1, 6)  # default: microseconds
+            tsres = (10, 6)  # default: microseconds (10^-6)
             tsoff = 0
             o = body + 8
             while o + 4 <= off + blen - 4:
@@ -330,10 +353,14 @@ def _iter_pcapng(f, name: str, batch_packets: int, stats: DecodeStats) -> Iterat
                     ns = t * 10 ** (9 - exp) if exp <= 9 else t // 10 ** (exp - 9)
                 else:
                     ns = (t * 1_000_000_000) >> exp
-                frames.offsets.append(body + 20)
-                frames.caplens.append(cap)
-                frames.ts_ns.append(ns + tsoff * 1_000_000_000)
-                frames.linktypes.append(lt)
+                ns += tsoff * 1_000_000_000
+                if not 0 <= ns < 1 << 63:  # a damaged timestamp must not overflow the int64 column
+                    stats.malformed += 1
+                else:
+                    frames.offsets.append(body + 20)
+                    frames.caplens.append(cap)
+                    frames.ts_ns.append(ns)
+                    frames.linktypes.append(lt)
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
             stats.records += 1
             orig = struct.unpack_from(endian + "I", data, body)[0]
@@ -357,6 +384,10 @@ def _decode_chunks(arr: np.ndarray, frames: _Frames, linktypes: list[int], linkt
     offs = np.asarray(frames.offsets, dtype=np.int64)
     caps = np.asarray(frames.caplens, dtype=np.int64)
     ts = np.asarray(frames.ts_ns, dtype=np.int64)
+    if len(caps) and caps.max() > MAX_RECORD:  # pcapng block lengths were checked; be safe anyway
+        keep = caps <= MAX_RECORD
+        stats.malformed += int((~keep).sum())
+        offs, caps, ts = offs[keep], caps[keep], ts[keep]
     lts = np.asarray(linktypes, dtype=np.int64) if linktypes else None
     for s in range(0, len(offs), batch_packets):
         e = s + batch_packets
@@ -419,7 +450,6 @@ def decode_frames(arr: np.ndarray, offs: np.ndarray, caps: np.ndarray, ts: np.nd
     # ---- link layer: find the L3 offset and the network protocol
     l3 = offs.copy()
     et = np.zeros(n, dtype=np.int64)  # ethertype-like: 0x0800 IPv4, 0x86dd IPv6, 0 unknown
-    ok = np.zeros(n, dtype=bool)
     unsupported = np.zeros(n, dtype=bool)
     for lt in np.unique(linktype).tolist():
         m = linktype == lt

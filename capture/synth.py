@@ -271,11 +271,14 @@ def write_iot_capture(path: str | Path, duration_s: float = 60.0, devices: int =
         # CoAP observe to the hub and NTP once
         c = _Session(ev, labels, "benign", "Benign", dev, 5683, hub, 5683, 17)
         for i in range(int(duration_s // 5)):
-            c.udp(t0 + i * 5 + random.random(), bytes.fromhex("4401") + struct.pack("!H", i) + b"\xb5temp")
-            c.udp(t0 + i * 5 + 0.01 + random.random() * 0.01, bytes.fromhex("6445") + struct.pack("!H", i) + b"\xff21.5", to_server=False)
+            tc = t0 + i * 5 + random.random()
+            c.udp(tc, bytes.fromhex("4401") + struct.pack("!H", i) + b"\xb5temp")
+            c.udp(tc + 0.01 + random.random() * 0.01, bytes.fromhex("6445") + struct.pack("!H", i) + b"\xff21.5",
+                  to_server=False)
         n = _Session(ev, labels, "benign", "Benign", dev, 123, ntp, 123, 17)
-        n.udp(t0 + 2 + random.random(), b"\x23" + bytes(47))
-        n.udp(t0 + 2.03 + random.random() * 0.01, b"\x24\x02" + bytes(46), to_server=False)
+        tn = t0 + 2 + random.random()
+        n.udp(tn, b"\x23" + bytes(47))
+        n.udp(tn + 0.03 + random.random() * 0.01, b"\x24\x02" + bytes(46), to_server=False)
     if attacks:
         half = t0 + duration_s / 2
         target = "10.10.0.21"
