@@ -67,8 +67,10 @@ class Decoder:
 
 
 def _keys(req: schema.Request, table: pa.Table, n: int) -> pa.Table:
+    names = set(table.column_names)
+
     def col(name: str, typ: pa.DataType, default):
-        if name in table.column_names:
+        if name in names:
             try:
                 return pc.cast(pc.fill_null(table.column(name), default), typ)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -234,11 +234,15 @@ FEATURE_SCHEMA = pa.schema([(f, pa.float64()) for f in FEATURES])
 
 def netflow_features(table: pa.Table) -> pa.Table:
     """The 39 feature columns as float64, in model order. Raises :class:`BadMessage`."""
-    missing = [f for f in FEATURES if f not in table.column_names]
+    names = set(table.column_names)  # the property builds a new list on every access
+    missing = [f for f in FEATURES if f not in names]
     if missing:
         raise BadMessage("feature_count", f"{len(missing)} of {N_FEATURES} features missing (first: {missing[0]})")
+    feats = table.select(list(FEATURES))
+    if feats.schema.equals(FEATURE_SCHEMA):
+        return feats
     try:
-        return table.select(list(FEATURES)).cast(FEATURE_SCHEMA)
+        return feats.cast(FEATURE_SCHEMA)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise BadMessage("bad_type", f"feature columns must be numeric ({exc})") from None
 
