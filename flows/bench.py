@@ -40,7 +40,8 @@ def _unique(settings: Settings, tmp: Path) -> Settings:
 
 def model_only(settings: Settings, features: np.ndarray, seconds: float = 3.0) -> float:
     """Records/s of preprocessing + model on batches of the dataflow's batch size, in-process."""
-    scorer = Scorer(load_artifact(settings.model_path), settings.device)
+    scorer = Scorer(load_artifact(settings.model_path), settings.device, settings.torch_threads,
+                    settings.precision)
     batch = settings.batch_max_records
     reps = -(-batch // len(features))
     x = np.tile(features, (reps, 1))[:batch]
@@ -102,7 +103,8 @@ def latency(settings: Settings, files: list[str], *, rate: float, seconds: float
 def reference_style(settings: Settings, table, *, messages: int) -> float:
     """The reference design rebuilt in Python: one JSON record per message on a classic queue,
     prefetch 10, one-record inference, one confirmed alert per record, then ack."""
-    scorer = Scorer(load_artifact(settings.model_path), settings.device)
+    scorer = Scorer(load_artifact(settings.model_path), settings.device, settings.torch_threads,
+                    settings.precision)
     tag = f"bench{uuid.uuid4().hex[:8]}"
     queue, alerts = f"{tag}.requests_queue", f"{tag}.alerts_queue"
     conn = broker.connect(settings)
@@ -183,7 +185,8 @@ def run(settings: Settings, *, data: list[str], records: int, rate: float, laten
         "batch_max_records": settings.batch_max_records,
         "message_records": batch,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": settings.torch_threads,
+        "precision": settings.precision,
         "end_to_end": e2e,
         "latency": lat,
     }

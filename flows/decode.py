@@ -66,6 +66,17 @@ class Decoder:
                                   records=n, received_ts_ns=d.received_ns, worker=self.worker)
 
 
+_ROWS = pa.array([str(i) for i in range(65536)])
+
+
+def _row_numbers(n: int) -> pa.Array:
+    """"0".."n-1" as strings, from a cache: verdict ids are built for every record."""
+    global _ROWS
+    if n > len(_ROWS):
+        _ROWS = pa.array([str(i) for i in range(n)])
+    return _ROWS.slice(0, n)
+
+
 def _keys(req: schema.Request, table: pa.Table, n: int) -> pa.Table:
     names = set(table.column_names)
 
@@ -80,7 +91,7 @@ def _keys(req: schema.Request, table: pa.Table, n: int) -> pa.Table:
     # Deterministic ids: the device's own sequence number when it sends one, else the stream
     # position, which a replay of the same message reproduces.
     prefix = f"{req.device_id}:{req.seq}:" if req.seq >= 0 and req.device_id else f"{req.source}:"
-    ids = pc.binary_join_element_wise(prefix, pc.cast(pa.array(np.arange(n)), pa.string()), "")
+    ids = pc.utf8_replace_slice(_row_numbers(n), 0, 0, prefix)
     sent = req.send_ts_ns or time.time_ns()
     return pa.Table.from_arrays([
         ids,

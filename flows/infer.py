@@ -31,9 +31,10 @@ class Classifier:
         # Loaded on first use, inside the worker process, so the dataflow module imports fast.
         if self._scorer is None:
             artifact = load_artifact(self.settings.model_path)
-            self._scorer = Scorer(artifact, self.settings.device)
-            log.info("model %s on %s, threshold %.4f", artifact.version, self._scorer.device,
-                     artifact.threshold)
+            self._scorer = Scorer(artifact, self.settings.device, self.settings.torch_threads,
+                                  self.settings.precision)
+            log.info("model %s on %s (%s), threshold %.4f", artifact.version, self._scorer.device,
+                     self._scorer.precision, artifact.threshold)
         return self._scorer
 
     def __call__(self, records: FlowRecords) -> pa.Table:

@@ -172,15 +172,17 @@ class _VerdictPartition(StatelessSinkPartition):
         self.counter = _Counter(f"verdict sink {worker}")
 
     def write_batch(self, items: list) -> None:
+        ex = self.settings.alerts_exchange
+        out: list[broker.Outgoing] = []
         for verdicts in items:
-            self.publisher.publish(self.settings.alerts_exchange, self.routing_key,
-                                   schema.encode_table(verdicts), content_type=schema.ARROW_CONTENT_TYPE)
+            out.append(broker.Outgoing(ex, self.routing_key, schema.encode_table(verdicts), schema.ARROW_CONTENT_TYPE))
             alerts = schema.eve_alerts(verdicts)
-            for src, ndjson in alerts.items():
-                self.publisher.publish(self.settings.alerts_exchange, schema.alert_routing_key(src),
-                                       ndjson, content_type=schema.NDJSON_CONTENT_TYPE)
+            out += [broker.Outgoing(ex, schema.alert_routing_key(src), ndjson, schema.NDJSON_CONTENT_TYPE)
+                    for src, ndjson in alerts.items()]
             malicious = sum(body.count(b"\n") for body in alerts.values())
             self.counter.add(verdicts=verdicts.num_rows, malicious=malicious, alert_messages=len(alerts))
+        # One confirm wait for the whole batch: returns only when the broker has all of it.
+        self.publisher.publish_many(out)
 
     def close(self) -> None:
         self.counter.log()
@@ -204,9 +206,9 @@ class _DeadLetterPartition(StatelessSinkPartition):
         self.counter = _Counter("dead letters", every_s=5.0)
 
     def write_batch(self, items: list[bytes]) -> None:
+        self.publisher.publish_many([broker.Outgoing(self.settings.deadletter_exchange, "", doc,
+                                                     schema.JSON_CONTENT_TYPE) for doc in items])
         for doc in items:
-            self.publisher.publish(self.settings.deadletter_exchange, "", doc,
-                                   content_type=schema.JSON_CONTENT_TYPE)
             self.counter.add(**{json.loads(doc)["reason"]: 1})
 
     def close(self) -> None:

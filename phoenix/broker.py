@@ -17,9 +17,11 @@ import logging
 import time
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import pika
 import pika.exceptions
+import pika.spec
 
 from phoenix.config import Settings
 
@@ -105,12 +107,71 @@ def delete_topology(settings: Settings) -> None:
         conn.close()
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    content_type: str
+
+
+class _ConfirmPipeline:
+    """One channel in confirm mode whose publishes share a single wait for the broker's acks.
+
+    pika's BlockingChannel waits for each confirm in turn (one round trip per message); its
+    underlying asynchronous channel lets a batch of messages go out back to back and be confirmed
+    together (acks may cover many delivery tags at once).
+    """
+
+    def __init__(self, conn: pika.BlockingConnection) -> None:
+        self.conn = conn
+        self.channel = conn.channel()
+        self.impl = self.channel._impl  # noqa: SLF001 - the async channel under the blocking one
+        self.next_tag = 1
+        self.unconfirmed: dict[int, Outgoing] = {}
+        self.nacked: list[Outgoing] = []
+        ready: list[bool] = []
+        self.impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _frame: ready.append(True))
+        deadline = time.monotonic() + 30
+        while not ready:
+            self._pump(deadline)
+
+    def _on_confirm(self, frame) -> None:
+        m = frame.method
+        tags = [t for t in self.unconfirmed if t <= m.delivery_tag] if m.multiple else [m.delivery_tag]
+        nack = isinstance(m, pika.spec.Basic.Nack)
+        for t in tags:
+            msg = self.unconfirmed.pop(t, None)
+            if nack and msg is not None:
+                self.nacked.append(msg)
+
+    def _pump(self, deadline: float) -> None:
+        self.conn.process_data_events(time_limit=0.05)
+        if self.channel.is_closed:
+            raise pika.exceptions.ChannelClosed(0, "channel closed while waiting for confirms")
+        if time.monotonic() > deadline:
+            raise ConnectionError("no confirms from the broker for 30 s")
+
+    def send(self, messages: list[Outgoing]) -> list[Outgoing]:
+        """Publish all, wait until each is acked or nacked; returns the nacked ones."""
+        for m in messages:
+            props = pika.BasicProperties(content_type=m.content_type, delivery_mode=2)
+            self.impl.basic_publish(m.exchange, m.routing_key, m.body, props)
+            self.unconfirmed[self.next_tag] = m
+            self.next_tag += 1
+        deadline = time.monotonic() + 30
+        while self.unconfirmed:
+            self._pump(deadline)
+        nacked, self.nacked = self.nacked, []
+        return nacked
+
+
 class ConfirmedPublisher:
     """Publishes with publisher confirms; reconnects and re-sends on broker loss.
 
-    ``publish`` returns only once the broker has confirmed the message, so a caller that
-    acknowledges its own input after ``publish`` returns never loses data. A message may be
-    sent twice around a reconnect: consumers drop duplicates by their ids.
+    ``publish``/``publish_many`` return only once the broker has confirmed every message, so a
+    caller that acknowledges its own input afterwards never loses data. A message may be sent
+    twice around a reconnect: consumers drop duplicates by their ids.
     """
 
     def __init__(self, settings: Settings, *, declare: Iterable = (), what: str = "publisher") -> None:
@@ -118,31 +179,36 @@ class ConfirmedPublisher:
         self._declare = tuple(declare)
         self._what = what
         self._conn: pika.BlockingConnection | None = None
-        self._ch = None
+        self._pipe: _ConfirmPipeline | None = None
         self.reconnects = 0
 
-    def _channel(self):
-        if self._ch is None or not self._ch.is_open:
+    def _pipeline(self) -> _ConfirmPipeline:
+        if self._pipe is None or self._pipe.channel.is_closed or not self._conn.is_open:
+            self._drop()
             self._conn = connect_retrying(self.settings, what=self._what)
             ch = self._conn.channel()
             for declare in self._declare:
                 declare(ch, self.settings)
-            ch.confirm_delivery()
-            self._ch = ch
-        return self._ch
+            ch.close()
+            self._pipe = _ConfirmPipeline(self._conn)
+        return self._pipe
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, *, content_type: str,
-                headers: dict | None = None, persistent: bool = True) -> None:
-        props = pika.BasicProperties(content_type=content_type, delivery_mode=2 if persistent else 1,
-                                     headers=headers)
-        while True:
+    def publish(self, exchange: str, routing_key: str, body: bytes, *, content_type: str) -> None:
+        self.publish_many([Outgoing(exchange, routing_key, body, content_type)])
+
+    def publish_many(self, messages: list[Outgoing]) -> None:
+        pending = list(messages)
+        while pending:
+            pipe = None
             try:
-                self._channel().basic_publish(exchange, routing_key, body, props, mandatory=False)
-                return
-            except pika.exceptions.NackError:
-                log.warning("%s: broker nacked a message to %s; re-sending", self._what, exchange)
+                pipe = self._pipeline()
+                pending = pipe.send(pending)
+                if pending:
+                    log.warning("%s: broker nacked %d message(s); re-sending", self._what, len(pending))
             except CONNECTION_ERRORS as exc:
                 log.warning("%s: lost the broker (%s); reconnecting", self._what, exc.__class__.__name__)
+                if pipe is not None:  # everything not confirmed goes again
+                    pending = [*pipe.unconfirmed.values(), *pipe.nacked]
                 self._drop()
                 self.reconnects += 1
                 time.sleep(0.2)
@@ -153,7 +219,7 @@ class ConfirmedPublisher:
                 self._conn.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may raise anything pika has
             pass
-        self._conn = self._ch = None
+        self._conn = self._pipe = None
 
     def close(self) -> None:
         self._drop()

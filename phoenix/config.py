@@ -51,6 +51,11 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     model_path: str = str(DEFAULT_MODEL)
     device: str = "auto"
+    # Intra-op threads per dataflow process. One: scale with processes (-i/-a), and an idle
+    # OpenMP thread spinning on a busy 2-core machine steals the broker's CPU.
+    torch_threads: int = 1
+    # "fp32", "bf16" (autocast), or "auto": bf16 where the CPU/GPU runs it natively.
+    precision: str = "fp32"
     archive_dir: str = "archive"
     archive_roll_seconds: float = 60.0
     archive_roll_rows: int = 1_000_000
