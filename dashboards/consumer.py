@@ -26,6 +26,9 @@ from phoenix.config import Settings, redact_url
 from phoenix.schema import ARROW_CONTENT_TYPE, decode_table
 
 log = logging.getLogger("phoenix.dashboard")
+# pika logs every failed reconnect attempt with a traceback at ERROR; our one warning line per
+# attempt says the same, so keep the server log readable while the broker is away.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 BINDINGS = ("verdicts.#", "alert.#")
 _NEEDED = {"malicious", "latency_ms", "classify_us", "worker", "src_addr", "dst_addr", "device_id",
@@ -60,7 +63,7 @@ class SharedConsumer(threading.Thread):
                 self._consume()
                 delay = self.retry_delay
             except Exception as exc:  # noqa: BLE001 - any failure means "reconnect", never "die"
-                detail = redact_url(f"{type(exc).__name__}: {exc}")[:200]
+                detail = redact_url(_describe(exc))[:200]
                 self.state.set_status("disconnected", detail)
                 log.warning("dashboard consumer: %s; retrying in %.1fs", detail, delay)
                 self._stop_event.wait(delay)
@@ -121,6 +124,16 @@ class SharedConsumer(threading.Thread):
             # A malformed message must not take the live view down: count it and move on.
             log.warning("dashboard: skipped a bad message on %s: %s", key, exc)
             self.state.count_bad()
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for the page; pika's connection errors often have an empty str()."""
+    text = str(exc).strip()
+    if not text and exc.args:
+        text = str(exc.args[0]).strip()
+    if isinstance(exc, pika.exceptions.AMQPConnectionError) and not text:
+        text = "cannot connect to the broker"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _shared: SharedConsumer | None = None

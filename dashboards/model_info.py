@@ -58,17 +58,38 @@ def model_info(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def flatten_metrics(prov: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested provenance metrics as (name, value) rows for a table."""
+METRIC_COLUMNS = ("rows", "accuracy", "precision", "recall", "f1", "fpr")
+
+
+def metrics_rows(prov: dict[str, Any]) -> list[dict[str, Any]]:
+    """``metrics.<split>.<organisation>.<metric>`` as one row per (split, organisation)."""
+    rows = []
+    metrics = prov.get("metrics")
+    if not isinstance(metrics, dict):
+        return rows
+    for split, per_org in metrics.items():
+        if not isinstance(per_org, dict):
+            continue
+        for org, m in per_org.items():
+            if isinstance(m, dict) and any(c in m for c in METRIC_COLUMNS):
+                rows.append({"split": str(split), "organisation": str(org),
+                             **{c: m.get(c) for c in METRIC_COLUMNS}})
+    return rows
+
+
+def flatten_metrics(prov: dict[str, Any], prefix: str = "", skip: tuple[str, ...] = ("metrics",),
+                    max_len: int = 160) -> list[tuple[str, str]]:
+    """Nested provenance as (name, value) rows for a table (``skip``: keys shown elsewhere)."""
     rows: list[tuple[str, str]] = []
     for k, v in prov.items():
         name = f"{prefix}{k}"
+        if not prefix and k in skip:
+            continue
         if isinstance(v, dict):
-            rows.extend(flatten_metrics(v, name + "."))
+            rows.extend(flatten_metrics(v, name + ".", skip, max_len))
         elif isinstance(v, float):
             rows.append((name, f"{v:.4f}"))
-        elif isinstance(v, list | tuple) and len(v) > 8:
-            rows.append((name, f"[{len(v)} values]"))
         else:
-            rows.append((name, str(v)))
+            text = str(v)
+            rows.append((name, text if len(text) <= max_len else text[: max_len - 1] + "…"))
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,15 +20,17 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, FactorRange, NumeralTickFormatter
 from bokeh.plotting import figure
-from holoviews.streams import Buffer, Pipe
+from holoviews.streams import Buffer
 
 from dashboards import history
 from dashboards.consumer import shared
-from dashboards.model_info import flatten_metrics, model_info
+from dashboards.model_info import METRIC_COLUMNS, flatten_metrics, metrics_rows, model_info
 from dashboards.state import Snapshot
 from phoenix.config import Settings
+
+log = logging.getLogger("phoenix.dashboard")
 
 BENIGN, MALICIOUS = "#2e9e5b", "#d6332f"
 SERIES_COLUMNS = ["t", "verdicts", "alerts", "p50", "p99"]
@@ -47,6 +50,9 @@ table.phx-table tr.malicious td { background: #fde2e1; color: #9b1c1c; }
 .phx-status.connecting { background: #e0a800; color: #000; }
 .phx-status.disconnected, .phx-status.stopped { background: #d6332f; color: #fff; }
 .phx-broker { color: #eee; font-size: 12px; margin-left: 8px; }
+.phx-donut { font-family: sans-serif; }
+.phx-donut-title { font-weight: 600; font-size: 13px; margin-bottom: 4px; }
+.phx-legend { font-size: 12px; }
 .phx-top ol { margin: 4px 0; padding-left: 22px; font-family: monospace; }
 """
 
@@ -93,7 +99,7 @@ def cards_html(snap: Snapshot) -> str:
         ("share", "Malicious share", f"{100 * snap.malicious_share:.2f} %", ""),
         ("latency", "Avg latency", f"{snap.avg_latency_ms:.2f} ms", ""),
         ("classify", "Avg classification", f"{snap.avg_classify_us:.2f} µs", ""),
-        ("rate", "Verdicts / s", _fmt_int(snap.verdicts_per_s), ""),
+        ("rate", "Verdicts / s (10 s)", _fmt_int(snap.verdicts_per_s), ""),
         ("alerts", "Alerts", _fmt_int(snap.alerts_total), "bad" if snap.alerts_total else ""),
     ]
     return '<div class="phx-cards">' + "".join(
@@ -132,40 +138,62 @@ def model_html(info: dict[str, Any] | None, live_version: str) -> str:
                 f"<code>{_esc(info['path'])}</code></p>" + live)
     prov = info["provenance"]
     rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in flatten_metrics(prov))
+    mrows = metrics_rows(prov)
+    mhead = "".join(f"<th>{c}</th>" for c in ("split", "organisation", *METRIC_COLUMNS))
+    mbody = "".join(
+        "<tr>" + f"<td>{_esc(r['split'])}</td><td>{_esc(r['organisation'])}</td>" + "".join(
+            f"<td>{_num(r[c])}</td>" for c in METRIC_COLUMNS) + "</tr>" for r in mrows)
+    metrics = (f'<h4>Training metrics</h4><table class="phx-table phx-metrics"><thead><tr>{mhead}</tr></thead>'
+               f"<tbody>{mbody}</tbody></table>") if mrows else "<p>No metrics in the artifact's provenance.</p>"
     warn = ""
     if live_version and info["version"] and live_version != info["version"]:
         warn = "<p><b>Note:</b> the dataflow serves a different version than this artifact.</p>"
     return (f'<p>Artifact <code>{_esc(info["path"])}</code>, version <code class="phx-model-version">'
-            f'{_esc(info["version"])}</code>, decision threshold {info["threshold"]:.4f}</p>' + live + warn +
-            f'<table class="phx-table phx-model"><thead><tr><th>provenance</th><th>value</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+            f'{_esc(info["version"])}</code>, strategy <code>{_esc(prov.get("strategy", "?"))}</code>, '
+            f'decision threshold {info["threshold"]:.4f}</p>' + live + warn + metrics +
+            f'<h4>Provenance</h4><table class="phx-table phx-model"><thead><tr><th>field</th><th>value</th></tr>'
+            f"</thead><tbody>{rows}</tbody></table>")
+
+
+def _num(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return _esc("" if v is None else v)
 
 
 # --------------------------------------------------------------------------- plots
 
-def _donut() -> tuple[figure, ColumnDataSource]:
-    src = ColumnDataSource({"start": [0.0], "end": [2 * np.pi], "color": ["#ccc"], "label": ["no data"],
-                            "count": [0]})
-    fig = figure(frame_width=230, frame_height=230, x_range=(-1.05, 1.05), y_range=(-1.05, 1.05),
-                 toolbar_location=None, outline_line_alpha=0.0,
-                 title="Benign vs malicious", tools="hover", tooltips="@label: @count")
-    fig.annular_wedge(x=0, y=0, inner_radius=0.5, outer_radius=0.95, start_angle="start", end_angle="end",
-                      color="color", legend_field="label", source=src)
-    fig.axis.visible = False
-    fig.grid.visible = False
-    fig.legend.location = "center"
-    fig.legend.background_fill_alpha = 0.0
-    fig.legend.border_line_alpha = 0.0
+def _workers_bar() -> tuple[figure, ColumnDataSource]:
+    src = ColumnDataSource({"worker": [], "verdicts": []})
+    fig = figure(height=280, x_range=FactorRange(factors=[]), title="Classifications per dataflow worker",
+                 toolbar_location=None, tools="hover", tooltips="@worker: @verdicts{0,0}",
+                 sizing_mode="stretch_width")
+    fig.vbar(x="worker", top="verdicts", width=0.7, source=src, color="#3b73b9")
+    fig.y_range.start = 0
+    fig.yaxis.formatter = NumeralTickFormatter(format="0,0")
+    fig.xaxis.major_label_orientation = 0.5
+    fig.xgrid.visible = False
     return fig, src
 
 
-def _donut_data(benign: int, malicious: int) -> dict[str, list]:
+def donut_html(benign: int, malicious: int) -> str:
+    """Benign vs malicious as an SVG ring (plain markup: crisp, cheap to update, easy to test)."""
     total = benign + malicious
-    if not total:
-        return {"start": [0.0], "end": [2 * np.pi], "color": ["#ccc"], "label": ["no data"], "count": [0]}
-    a = 2 * np.pi * benign / total
-    return {"start": [0.0, a], "end": [a, 2 * np.pi], "color": [BENIGN, MALICIOUS],
-            "label": ["benign", "malicious"], "count": [benign, malicious]}
+    r, circ = 70.0, 2 * np.pi * 70.0
+    mal_len = circ * malicious / total if total else 0.0
+    ring = "#2e9e5b" if total else "#cccccc"
+    share = f"{100 * malicious / total:.1f}%" if total else "–"
+    return (
+        f'<div class="phx-donut" data-benign="{benign}" data-malicious="{malicious}">'
+        '<div class="phx-donut-title">Benign vs malicious</div>'
+        '<svg viewBox="0 0 200 200" width="210" height="210" role="img">'
+        f'<circle cx="100" cy="100" r="{r}" fill="none" stroke="{ring}" stroke-width="34"/>'
+        f'<circle cx="100" cy="100" r="{r}" fill="none" stroke="{MALICIOUS}" stroke-width="34" '
+        f'stroke-dasharray="{mal_len:.2f} {circ:.2f}" transform="rotate(-90 100 100)"/>'
+        f'<text x="100" y="98" text-anchor="middle" font-size="24" font-weight="600">{share}</text>'
+        '<text x="100" y="120" text-anchor="middle" font-size="12" fill="#666">malicious</text></svg>'
+        f'<div class="phx-legend"><span style="color:{BENIGN}">■</span> benign {_fmt_int(benign)} '
+        f'&nbsp; <span style="color:{MALICIOUS}">■</span> malicious {_fmt_int(malicious)}</div></div>')
 
 
 def _series_frame(rows: list[tuple[float, float, float, float, float]]) -> pd.DataFrame:
@@ -189,26 +217,30 @@ class Dashboard:
         self._last_donut = (-1, -1)
         self._slow_tick = 0.0
         self._history_table = None
+        self._last_error = 0.0
 
         self.status = pn.pane.HTML("", sizing_mode="fixed", width=700, height=30, stylesheets=[CSS])
         self.cards = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
-        self.donut, self.donut_src = _donut()
-        self.worker_pipe = Pipe(data=pd.DataFrame({"worker": [], "verdicts": []}))
-        workers = hv.DynamicMap(lambda data: hv.Bars(data, "worker", "verdicts"), streams=[self.worker_pipe]).opts(
-            height=260, responsive=True, title="Classifications per dataflow worker", color="#3b73b9",
-            xrotation=30, tools=["hover"], framewise=True, yformatter="%d")
+        self.donut = pn.pane.HTML(donut_html(0, 0), width=260, stylesheets=[CSS])
+        self.workers_fig, self.workers_src = _workers_bar()
         self.series_buf = Buffer(_series_frame([]), length=self.state.limits.series_len, index=False)
         rates = hv.DynamicMap(
             lambda data: (hv.Curve(data, "t", "verdicts", label="verdicts/s")
                           * hv.Curve(data, "t", "alerts", label="alerts/s")),
             streams=[self.series_buf]).opts(
-            hv.opts.Curve(height=260, responsive=True, tools=["hover"], framewise=True),
-            hv.opts.Overlay(title="Verdicts and alerts per second", legend_position="top_left"))
+            hv.opts.Curve(height=260, responsive=True, tools=["hover"], framewise=True, xlabel="time (UTC)",
+                          ylabel="per second", yformatter="%d"),
+            hv.opts.Overlay(title="Verdicts and alerts per second (1 s buckets)", legend_position="top_left"))
         latency = hv.DynamicMap(
+            # Points as well as lines: seconds without verdicts are gaps (NaN), and an isolated
+            # second would otherwise draw nothing.
             lambda data: (hv.Curve(data, "t", ("p50", "latency ms"), label="p50")
-                          * hv.Curve(data, "t", ("p99", "latency ms"), label="p99")),
+                          * hv.Scatter(data, "t", ("p50", "latency ms"), label="p50").opts(size=3)
+                          * hv.Curve(data, "t", ("p99", "latency ms"), label="p99")
+                          * hv.Scatter(data, "t", ("p99", "latency ms"), label="p99").opts(size=3)),
             streams=[self.series_buf]).opts(
-            hv.opts.Curve(height=260, responsive=True, tools=["hover"], framewise=True),
+            hv.opts.Curve(height=260, responsive=True, tools=["hover"], framewise=True, xlabel="time (UTC)"),
+            hv.opts.Scatter(responsive=True, framewise=True),
             hv.opts.Overlay(title="End-to-end latency p50 / p99 (ms)", legend_position="top_left"))
         self.recent = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.top_sources = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
@@ -216,7 +248,7 @@ class Dashboard:
 
         overview = pn.Column(
             self.cards,
-            pn.Row(pn.pane.Bokeh(self.donut), pn.pane.HoloViews(workers, sizing_mode="stretch_width"),
+            pn.Row(self.donut, pn.pane.Bokeh(self.workers_fig, sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
             pn.Row(pn.pane.HoloViews(rates, sizing_mode="stretch_width"),
                    pn.pane.HoloViews(latency, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
@@ -322,6 +354,16 @@ class Dashboard:
     # ------------------------------------------------------------------ updates
 
     def tick(self, force: bool = False) -> None:
+        """One update of the visible page; errors are logged (rate-limited), never fatal."""
+        try:
+            self._tick(force)
+        except Exception:  # noqa: BLE001 - a bad tick must not stop the next one
+            now = time.time()
+            if now - self._last_error > 60:
+                self._last_error = now
+                log.exception("dashboard update failed")
+
+    def _tick(self, force: bool = False) -> None:
         snap = self.state.snapshot()
         now = time.time()
         with pn.io.hold():
@@ -349,11 +391,12 @@ class Dashboard:
         donut = (snap.total - snap.malicious, snap.malicious)
         if donut != self._last_donut:
             self._last_donut = donut
-            self.donut_src.data = _donut_data(*donut)
+            self.donut.object = donut_html(*donut)
         workers = sorted(snap.workers, key=lambda kv: -kv[1])[:20]
         if workers != self._last_workers:
             self._last_workers = workers
-            self.worker_pipe.send(pd.DataFrame(workers, columns=["worker", "verdicts"]))
+            self.workers_fig.x_range.factors = [w for w, _ in workers]
+            self.workers_src.data = {"worker": [w for w, _ in workers], "verdicts": [n for _, n in workers]}
         self.recent.object = recent_html(snap)
         self.top_sources.object = top_html("by malicious flows sent", "phx-top-sources", snap.top_sources)
         self.top_targets.object = top_html("by malicious flows received", "phx-top-targets", snap.top_targets)
@@ -382,7 +425,7 @@ class Dashboard:
     def _update_alerts(self, snap: Snapshot, force: bool = False) -> None:
         if not force and self.tabs.active != 2:
             return
-        df = pd.DataFrame(snap.alerts, columns=list(_alert_columns()))
+        df = pd.DataFrame(self.state.alerts_view(), columns=list(_alert_columns()))
         total = len(df)
         q = (self.alert_search.value or "").strip()
         if q:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pika
+import pika.exceptions
 import psutil
 import pyarrow as pa
 
@@ -48,11 +49,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen:
+def start_server(port: int, env: dict[str, str], log_path: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "panel", "serve", str(ROOT / "dashboards" / "app.py"), "--port", str(port),
            "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
            "--setup", str(ROOT / "dashboards" / "setup.py")]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A file, not a pipe: an undrained pipe fills up and blocks the server's logging (and its loop).
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_http(port: int, timeout: float = 60.0) -> None:
@@ -79,15 +82,26 @@ class Publisher(threading.Thread):
         self.alerts = [eve_alerts(t) for t in self.templates]
         self.sent = 0
         self.alert_lines = 0
+        self.reconnects = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        # The shared broker may restart under us (other test suites do that): reconnect, and
+        # restart the pacing clock afterwards so the outage is not followed by a burst.
+        while not self.stop_event.is_set():
+            try:
+                self._publish_until_stopped()
+            except pika.exceptions.AMQPError:
+                self.reconnects += 1
+                self.stop_event.wait(1.0)
+
+    def _publish_until_stopped(self) -> None:
         conn = pika.BlockingConnection(pika.URLParameters(self.settings.amqp_url))
         ch = conn.channel()
         ex = self.settings.alerts_exchange
         ch.exchange_declare(ex, exchange_type="topic", durable=True)
-        t0 = time.monotonic()
-        i = 0
+        t0 = time.monotonic() - self.sent / self.rate
+        i = self.sent // max(self.batch, 1)
         while not self.stop_event.is_set():
             tpl = self.templates[i % len(self.templates)]
             now = time.time_ns()
@@ -110,9 +124,36 @@ class Publisher(threading.Thread):
             ahead = t0 + self.sent / self.rate - time.monotonic()
             if ahead > 0:
                 self.stop_event.wait(ahead)
-            else:
-                conn.process_data_events(0)
+            conn.process_data_events(0)
         conn.close()
+
+
+# Runs in the page: polls the "total" card every 50 ms (through Panel's shadow roots) and
+# records when its text changes, so the summary can say how often the browser really updated.
+WATCH_JS = """() => {
+  const deep = (sel, root) => {
+    const hit = root.querySelector(sel);
+    if (hit) return hit;
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) { const f = deep(sel, el.shadowRoot); if (f) return f; }
+    }
+    return null;
+  };
+  const w = window.__phx = {changes: [], last: null, el: null};
+  setInterval(() => {
+    if (!w.el || !w.el.isConnected) w.el = deep('.phx-card[data-key="total"] .phx-value', document);
+    const txt = w.el ? w.el.textContent : null;
+    if (txt !== w.last) { w.last = txt; w.changes.push(performance.now()); if (w.changes.length > 5000) w.changes.shift(); }
+  }, 50);
+}"""
+
+UPDATES_JS = """(since_ms) => {
+  const now = performance.now();
+  const c = window.__phx.changes.filter(t => t >= now - since_ms);
+  let gap = 0;
+  for (let i = 1; i < c.length; i++) gap = Math.max(gap, c[i] - c[i - 1]);
+  return {updates: c.length, window_s: since_ms / 1000, max_gap_ms: Math.round(gap)};
+}"""
 
 
 def card_total(page: object) -> int | None:
@@ -135,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--browser", action="store_true", help="keep a headless Chromium session on the page")
     ap.add_argument("--pid", type=int, help="measure this running server instead of starting one")
     ap.add_argument("--out", help="also write the summary JSON here")
+    ap.add_argument("--screenshot", help="with --browser: save the page here at the end")
+    ap.add_argument("--server-log", default="/tmp/phoenix-dashboard-soak.log", help="server output goes here")
     args = ap.parse_args(argv)
 
     exchange = f"phoenix.soak.{uuid.uuid4().hex[:8]}"
@@ -146,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = psutil.Process(args.pid)
         settings = Settings.from_env()
     else:
-        server = start_server(port, env)
+        server = start_server(port, env, args.server_log)
         wait_http(port)
         proc = psutil.Process(server.pid)
     pw = browser = page = None
@@ -163,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.goto(f"http://127.0.0.1:{port}/app")
             page.wait_for_selector(".phx-card", timeout=60_000)
+            page.evaluate(WATCH_JS)
         pub.start()
         t0 = time.monotonic()
         end = t0 + args.minutes * 60
@@ -185,14 +229,17 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_timeout(500)  # keeps Playwright's event loop serviced
             else:
                 time.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        updates = page.evaluate(UPDATES_JS, min(60.0, elapsed - 1.0) * 1000) if page is not None else None
         pub.stop_event.set()
         pub.join(10)
-        elapsed = time.monotonic() - t0
         last = {"t_s": round(elapsed, 1), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
                 "published": pub.sent, "cpu_s": round(sum(proc.cpu_times()[:2]), 1)}
         if page is not None:
             time.sleep(2)
             last["page_total"] = card_total(page)
+            if args.screenshot:
+                page.screenshot(path=args.screenshot, full_page=True)
         samples.append(last)
         baseline = baseline or samples[0]
         summary = {
@@ -204,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             "rss_max_mb": max(s["rss_mb"] for s in samples),
             "growth_after_warmup_mb": round(last["rss_mb"] - baseline["rss_mb"], 1),
             "server_cpu_s": last["cpu_s"], "page_total_end": last.get("page_total"),
+            "publisher_reconnects": pub.reconnects,
+            "page_updates_last_window": updates if page is not None else None,
         }
         print(json.dumps({"summary": summary}), flush=True)
         if args.out:

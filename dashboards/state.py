@@ -39,7 +39,7 @@ class Limits:
     """Caps that keep the server's memory flat over hours of streaming."""
 
     recent: int = 50            # most recent verdict rows kept
-    alerts: int = 2000          # most recent alert events kept (parsed)
+    alerts: int = 2000          # most recent alert lines kept (raw; parsed only when viewed)
     series_len: int = 900       # one-second points: 15 minutes of history in the charts
     workers: int = 256
     devices: int = 2000
@@ -70,7 +70,6 @@ class Snapshot:
     top_targets: list[tuple[str, int]]
     series: list[tuple[float, float, float, float, float]]  # t, verdicts/s, alerts/s, p50, p99
     devices: list[dict[str, Any]]
-    alerts: list[dict[str, Any]]
     messages: int
     bad_messages: int
     devices_tracked: int
@@ -128,7 +127,11 @@ class LiveState:
         self.targets: dict[str, int] = {}
         self.devices: dict[str, _Device] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=self.limits.recent)
-        self.alerts: deque[dict[str, Any]] = deque(maxlen=self.limits.alerts)
+        self.alerts_raw: deque[bytes] = deque(maxlen=self.limits.alerts)
+        self._alert_seq = 0            # raw lines appended so far
+        self._parsed: deque[dict[str, Any]] = deque(maxlen=self.limits.alerts)
+        self._parsed_seq = 0
+        self._parse_lock = threading.Lock()
         self.series: deque[tuple[float, float, float, float, float]] = deque(maxlen=self.limits.series_len)
         self._bucket = _Bucket(second=int(clock()))
 
@@ -189,26 +192,38 @@ class LiveState:
             self._version += 1
 
     def ingest_alerts(self, body: bytes) -> None:
-        """Fold one NDJSON alert message (one EVE event per line) into the aggregates."""
-        lines = body.splitlines()
-        n = sum(1 for line in lines if line.strip())
-        # Only the newest lines can still be on screen: parse at most the deque's length.
-        parsed = []
-        for line in lines[-self.limits.alerts:]:
-            if not line.strip():
-                continue
-            try:
-                parsed.append(_flatten_alert(json.loads(line)))
-            except (ValueError, TypeError, AttributeError):
-                n -= 1
+        """Count one NDJSON alert message (one EVE event per line) and keep its newest lines raw.
+
+        Parsing waits until someone opens the Alerts page (:meth:`alerts_view`): real traffic can
+        be mostly malicious, and ``json.loads`` on every line at 100k lines/s would eat a core.
+        """
+        lines = body.split(b"\n")
+        n = len(lines) - lines.count(b"")  # non-empty lines, counted in C
+        tail = [line for line in lines[-self.limits.alerts:] if line]
         now = self._clock()
         with self._lock:
             self._roll(now)
             self.messages += 1
             self.alerts_total += n
             self._bucket.alerts += n
-            self.alerts.extend(parsed)
+            self.alerts_raw.extend(tail)
+            self._alert_seq += len(tail)
             self._version += 1
+
+    def alerts_view(self) -> list[dict[str, Any]]:
+        """The most recent alerts, parsed, newest first (only lines not parsed before are parsed)."""
+        with self._parse_lock:
+            with self._lock:
+                seq = self._alert_seq
+                fresh = min(seq - self._parsed_seq, len(self.alerts_raw))
+                raw = list(self.alerts_raw)[len(self.alerts_raw) - fresh:] if fresh else []
+            for line in raw:
+                try:
+                    self._parsed.append(_flatten_alert(json.loads(line)))
+                except (ValueError, TypeError, AttributeError):
+                    continue  # a malformed line stays counted but is not listed
+            self._parsed_seq = seq
+            return list(self._parsed)[::-1]
 
     def count_bad(self) -> None:
         with self._lock:
@@ -241,7 +256,9 @@ class LiveState:
     def _build(self, now: float) -> Snapshot:
         top = self.limits.recent
         devs = sorted(self.devices.items(), key=lambda kv: kv[1].last_seen_ns, reverse=True)[:200]
-        last = self.series[-1] if self.series else None
+        # Batches arrive in whole messages, so one-second counts alternate; the card averages 10 s.
+        window = list(self.series)[-10:]
+        rate = sum(p[1] for p in window) / len(window) if window else 0.0
         return Snapshot(
             taken=now, version=self._version, status=self.status, status_detail=self.status_detail,
             status_since=self.status_since, broker=self.broker,
@@ -249,7 +266,7 @@ class LiveState:
             avg_latency_ms=self.latency_sum / self.latency_n if self.latency_n else 0.0,
             avg_classify_us=self.classify_sum / self.total if self.total else 0.0,
             alerts_total=self.alerts_total,
-            verdicts_per_s=last[1] if last else 0.0,
+            verdicts_per_s=rate,
             model_version=self.model_version,
             workers=sorted(self.workers.items()),
             recent=list(self.recent)[-top:][::-1],
@@ -257,7 +274,6 @@ class LiveState:
             series=list(self.series),
             devices=[{"device_id": k, "last_seen_ns": d.last_seen_ns, "verdicts": d.total,
                       "malicious": d.malicious, "rate": _device_rate(d, now)} for k, d in devs],
-            alerts=list(self.alerts)[::-1],
             messages=self.messages, bad_messages=self.bad_messages, devices_tracked=len(self.devices),
         )
 
@@ -296,10 +312,6 @@ class LiveState:
             key = key or ""
             d = self.devices.get(key)
             if d is None:
-                if len(self.devices) >= self.limits.devices:
-                    # Evict the device silent for longest; O(n) but only when a new one arrives at the cap.
-                    oldest = min(self.devices, key=lambda k: self.devices[k].last_seen_ns)
-                    del self.devices[oldest]
                 d = self.devices[key] = _Device(win_start=now)
             d.total += int(cnt)
             d.malicious += int(mal or 0)
@@ -308,6 +320,12 @@ class LiveState:
             if now - d.win_start >= 5.0:
                 d.rate = d.win_count / (now - d.win_start)
                 d.win_start, d.win_count = now, 0
+        if len(self.devices) > self.limits.devices:
+            # Evict the longest-silent tenth in one sort: amortized O(log n) per new device even
+            # when every batch brings unseen ids.
+            keep = sorted(self.devices.items(), key=lambda kv: kv[1].last_seen_ns,
+                          reverse=True)[: self.limits.devices * 9 // 10]
+            self.devices = dict(keep)
 
 
 def _device_rate(d: _Device, now: float) -> float:

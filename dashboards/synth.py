@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pika
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from phoenix.schema import (
     ARROW_CONTENT_TYPE,
@@ -34,33 +35,38 @@ def verdict_batch(n: int, *, worker: str = "worker-0", devices: int = 10, malici
     lat = np.full(n, latency_ms, dtype=np.float32)
     if rng is not None:
         lat = rng.gamma(2.0, latency_ms / 2.0, n).astype(np.float32)
-    src = np.where(mal, np.char.add("10.0.0.", ((idx % 7) + 1).astype(str)),
-                   np.char.add("172.16.0.", ((idx % 50) + 1).astype(str)))
-    dst = np.where(mal, np.char.add("192.168.1.", ((idx % 3) + 1).astype(str)),
-                   np.char.add("192.168.2.", ((idx % 20) + 1).astype(str)))
-    dev = np.char.add("dev-", (idx % max(devices, 1)).astype(str))
+    mal_arr = pa.array(mal)
+    src = pc.if_else(mal_arr, _prefixed("10.0.0.", idx % 7 + 1), _prefixed("172.16.0.", idx % 50 + 1))
+    dst = pc.if_else(mal_arr, _prefixed("192.168.1.", idx % 3 + 1), _prefixed("192.168.2.", idx % 20 + 1))
+    dev = _prefixed("dev-", idx % max(devices, 1))
     cols = {
-        "verdict_id": pa.array(np.char.add(f"{worker}-", idx.astype(str))),
-        "device_id": pa.array(dev),
+        "verdict_id": _prefixed(f"{worker}-", idx),
+        "device_id": dev,
         "seq": pa.array(idx),
-        "src_addr": pa.array(src),
+        "src_addr": src,
         "src_port": pa.array((40000 + idx % 20000).astype(np.int32)),
-        "dst_addr": pa.array(dst),
+        "dst_addr": dst,
         "dst_port": pa.array(np.where(mal, 23, 443).astype(np.int32)),
         "protocol": pa.array(np.full(n, 6, dtype=np.int16)),
         "first_seen_ns": pa.array(np.full(n, now_ns - 1_000_000_000, dtype=np.int64)),
         "last_seen_ns": pa.array(np.full(n, now_ns - 10_000_000, dtype=np.int64)),
         "score": pa.array(np.where(mal, 0.995, 0.01).astype(np.float32)),
-        "malicious": pa.array(mal),
+        "malicious": mal_arr,
         "threshold": pa.array(np.full(n, 0.5, dtype=np.float32)),
-        "model_version": pa.array(np.full(n, model_version)),
+        "model_version": pa.array([model_version] * n, pa.string()),
         "send_ts_ns": pa.array(np.full(n, now_ns - int(latency_ms * 1e6), dtype=np.int64)),
         "verdict_ts_ns": pa.array(np.full(n, now_ns, dtype=np.int64)),
         "latency_ms": pa.array(lat),
         "classify_us": pa.array(np.full(n, classify_us, dtype=np.float32)),
-        "worker": pa.array(np.full(n, worker)),
+        "worker": pa.array([worker] * n, pa.string()),
     }
     return pa.table(cols, schema=VERDICT_SCHEMA)
+
+
+def _prefixed(prefix: str, numbers: np.ndarray) -> pa.Array:
+    # pyarrow string kernels: ~50x faster than numpy's np.char for the soak's 8k-row batches.
+    digits = pa.array(numbers).cast(pa.string())
+    return pc.binary_join_element_wise(pa.array([prefix] * len(numbers), pa.string()), digits, "")
 
 
 def publish_batch(ch: pika.adapters.blocking_connection.BlockingChannel, exchange: str, table: pa.Table,
