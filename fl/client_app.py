@@ -25,6 +25,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fl import data, task
+from fl.scaffold import CONTROL, CONTROL_DELTA
+
+CI_KEY = "scaffold-c-i"  # this node's control variate, kept in Context.state across rounds
 
 # Two shared cores: one intra-op thread per simulated organisation.
 torch.set_num_threads(1)
@@ -74,17 +77,41 @@ def train(msg: Message, context: Context) -> Message:
     if malicious and cfg["attack"] == "labelflip":
         y = 1.0 - y  # robustness experiment: this organisation trains on inverted labels
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = task.train(model, d.x_train, y, int(cfg.get("local-epochs", 1)), lr=lr,
-                      proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+    epochs = int(cfg.get("local-epochs", 1))
+    correction, grad_sum, c_i = _scaffold_inputs(msg, context, model)
+    loss = task.train(model, d.x_train, y, epochs, lr=lr,
+                      proximal_mu=float(cfg.get("proximal-mu", 0.0)), balanced=bool(cfg.get("balanced", True)),
                       seed=int(cfg.get("seed", 0)) * 100_000 + rnd * 10 + data.ORGS.index(d.name)
-                      if d.name in data.ORGS else rnd)
+                      if d.name in data.ORGS else rnd, correction=correction, grad_sum=grad_sum)
     state = model.state_dict()
+    content = {}
+    if grad_sum is not None and c_i is not None:
+        # SCAFFOLD: the new c_i is this round's mean data gradient; the server gets the change.
+        steps = epochs * math.ceil(len(y) / task.BATCH)
+        new_c = {name: g / steps for (name, _), g in zip(model.named_parameters(), grad_sum, strict=True)}
+        context.state[CI_KEY] = ArrayRecord({k: v.detach().clone() for k, v in new_c.items()})
+        content[CONTROL_DELTA] = ArrayRecord({k: (new_c[k] - c_i[k]).detach() for k in new_c})
     if malicious and cfg["attack"] == "scale":
         # Model-replacement style attack: send the global model plus a boosted, sign-flipped update.
         s = float(cfg.get("attack-scale", -10.0))
         state = {k: global_state[k] + s * (v - global_state[k]) for k, v in state.items()}
     metrics = MetricRecord({"train-loss": float(loss), "num-examples": len(d.y_train)})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics, **content}), reply_to=msg)
+
+
+def _scaffold_inputs(msg: Message, context: Context, model: torch.nn.Module):
+    """(c − c_i per parameter, zeroed gradient accumulators, c_i) when the server runs SCAFFOLD."""
+    if CONTROL not in msg.content.array_records:
+        return None, None, None
+    c = msg.content.array_records[CONTROL].to_torch_state_dict()
+    names = [n for n, _ in model.named_parameters()]
+    if CI_KEY in context.state.array_records:
+        c_i = context.state.array_records[CI_KEY].to_torch_state_dict()
+    else:
+        c_i = {n: torch.zeros_like(c[n]) for n in names}
+    correction = [c[n] - c_i[n] for n in names]
+    grad_sum = [torch.zeros_like(p) for p in model.parameters()]
+    return correction, grad_sum, c_i
 
 
 @app.evaluate()

@@ -27,6 +27,7 @@ def simulate(cfg: dict[str, Any], *, cpus: int = 2, quiet: bool = True) -> dict[
     from flwr.simulation import run_simulation
 
     from fl import client_app, server_app
+    from phoenix.config import PROJECT_ROOT
 
     orgs = [o for o in str(cfg.get("orgs", "bot,ton,unsw,cse")).split(",") if o]
     server_app.OVERRIDES.clear()
@@ -35,14 +36,11 @@ def simulate(cfg: dict[str, Any], *, cpus: int = 2, quiet: bool = True) -> dict[
     if quiet:
         # Flower logs every message exchange at INFO; our per-round line is the progress report.
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray workers must find the project packages however this process was started.
-    from phoenix.config import PROJECT_ROOT
-
+    # Ray workers must import the project packages however this process was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                             "logging_level": logging.ERROR, "log_to_driver": True}}
+                             "logging_level": logging.ERROR}}
     run_simulation(server_app=server_app.app, client_app=client_app.app, num_supernodes=len(orgs),
                    backend_config=backend)
     if not server_app.LAST_RUN:
@@ -53,17 +51,36 @@ def simulate(cfg: dict[str, Any], *, cpus: int = 2, quiet: bool = True) -> dict[
 def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[str, Any]:
     return {
         "strategy": args.strategy, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
-        "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu,
+        "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu, "lr": args.lr,
+        "balanced": not getattr(args, "unbalanced", False),
         "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
         "max-rows": args.max_rows, "seed": args.seed, "out": out, "results": results, "name": args.name,
     }
 
 
 def run_from_args(args: argparse.Namespace, log: Progress) -> int:
+    from fl import baselines, data
+    from fl.runner import save_results
+
     out = args.out if args.out is not None else str(DEFAULT_MODEL)
+    if args.holdout:
+        # Leave-one-organisation-out: the held-out organisation takes no part in training.
+        args.orgs = ",".join(o for o in args.orgs.split(",") if o and o != args.holdout)
+        args.name = args.name or f"{args.strategy}-without-{args.holdout}"
+        out = args.out or ""
     t0 = time.time()
     log(f"federated {args.strategy}: {args.rounds} rounds x {args.local_epochs} local epochs, "
         f"organisations {args.orgs} (Flower simulation runtime, in-process)")
     summary = simulate(config_from_args(args, out, args.results))
-    log(f"wall time {time.time() - t0:.0f}s (federation {summary['wall_s']:.0f}s)")
+    total = time.time() - t0
+    log(f"wall time {total:.0f}s (federation {summary['wall_s']:.0f}s)")
+    if args.holdout and args.results:
+        held = data.load_orgs(args.data, (args.holdout,), max_rows=args.max_rows)
+        m = baselines.evaluate_orgs(summary["_model"], held, float(summary["threshold"]), "test")
+        log(f"held-out {args.holdout}: test F1 {m[args.holdout]['f1'] * 100:.2f} "
+            f"PR-AUC {m[args.holdout]['pr_auc'] * 100:.2f}")
+        summary["holdout"] = {"org": args.holdout, **m[args.holdout]}
+    if args.results:
+        summary["wall_total_s"] = total
+        save_results(args.results, summary["name"], {k: v for k, v in summary.items() if not k.startswith("_")})
     return 0

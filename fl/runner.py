@@ -71,7 +71,7 @@ def provenance(strategy: str, orgs: dict[str, data.OrgData], *, rounds: int, loc
 def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     orgs = data.load_orgs(args.data, _orgs_arg(args.orgs), max_rows=args.max_rows)
     t0 = time.time()
-    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, progress=log)
+    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=args.lr, progress=log)
     wall = time.time() - t0
     val = baselines.evaluate_orgs(model, orgs, thr, "val")
     test = baselines.evaluate_orgs(model, orgs, thr, "test")
@@ -86,7 +86,8 @@ def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     path = save_results(args.results, name, {"kind": "centralized", "name": name, "strategy": "centralized",
                                              "epochs": args.epochs, "history": history, "threshold": thr,
                                              "val": val, "test": test, "wall_s": wall, "artifact": str(out),
-                                             "version": prov["version"]})
+                                             "version": prov["version"],
+                                             "data": {o: d.provenance() for o, d in orgs.items()}})
     log(f"results in {path}")
     return 0
 
@@ -97,7 +98,7 @@ def run_local(args: argparse.Namespace, log: Progress) -> int:
     matrix: dict[str, dict[str, dict]] = {}
     t0 = time.time()
     for name, d in orgs.items():
-        model, thr, _ = baselines.fit({name: d}, {name: d}, args.epochs, seed=args.seed, progress=log,
+        model, thr, _ = baselines.fit({name: d}, {name: d}, args.epochs, seed=args.seed, lr=args.lr, progress=log,
                                       label=f"local:{name}", eval_every=5)
         matrix[name] = baselines.evaluate_orgs(model, orgs, thr, "test")
         log(f"local model of {name}: test F1 " + " ".join(f"{o}={m['f1'] * 100:.2f}" for o, m in matrix[name].items()))

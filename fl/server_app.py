@@ -6,7 +6,8 @@ Run config keys (``[tool.flwr.app.config]`` in pyproject, ``flwr run . --run-con
 
 Strategies (``strategy``): ``fedavg``, ``fedprox`` (the client adds ``mu/2·||w − w_global||²`` on
 every batch), ``fedmedian``, ``fedtrimmedavg`` (β = 0.25: with four organisations one is cut from
-each end), ``multikrum`` (f = 1 assumed attacker, averages the n − 2 most central updates).
+each end), ``multikrum`` (f = 1 assumed attacker, averages the n − 2 most central updates),
+``scaffold`` (FedAvg plus control variates against client drift, :mod:`fl.scaffold`).
 ``dp-noise ≥ 0`` wraps any of them in Flower's server-side fixed-clipping DP.
 
 Each evaluation round every organisation returns TP/FP/FN/TN counts of its validation and test
@@ -37,14 +38,18 @@ from flwr.serverapp.strategy import (
 
 from fl import task
 from fl.data import ORGS
+from fl.scaffold import Scaffold
 
 DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 20,
-    "local-epochs": 2,
-    "strategy": "fedavg",
+    "local-epochs": 4,
+    "strategy": "fedmedian",
     "data-dir": "../shared/data/nf",
     "orgs": ",".join(ORGS),       # partition-id i of a simulation is the i-th organisation here
     "lr": task.LR,
+    # Class-balanced local loss: BoT-IoT is 97 % attacks, CSE-CIC 10 %; unweighted, each node's
+    # update mostly drags the output bias towards its own prior and the average oscillates.
+    "balanced": True,
     "proximal-mu": 0.01,
     "malicious": "",              # robustness runs: this organisation attacks ...
     "attack": "none",             # ... with "labelflip" or "scale"
@@ -57,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "results": "",                # directory for <name>.json; empty: none written
     "name": "",
 }
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "scaffold")
 
 # Set by fl.federated before an in-process simulation (run_simulation takes no run config).
 OVERRIDES: dict[str, Any] = {}
@@ -136,6 +141,8 @@ def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Str
         strategy = FedMedian(**common)
     elif name == "fedtrimmedavg":
         strategy = FedTrimmedAvg(**common, beta=0.25)
+    elif name == "scaffold":
+        strategy = Scaffold(**common)
     elif name == "multikrum":
         strategy = MultiKrum(**common, num_malicious_nodes=1, num_nodes_to_select=max(n_nodes - 2, 1))
     else:
@@ -151,6 +158,12 @@ def run_label(cfg: dict[str, Any]) -> str:
     if cfg.get("name"):
         return str(cfg["name"])
     label = str(cfg["strategy"])
+    if int(cfg.get("local-epochs", 2)) != 2:
+        label += f"-e{int(cfg['local-epochs'])}"
+    if abs(float(cfg.get("lr", task.LR)) - task.LR) > 1e-12:
+        label += f"-lr{float(cfg['lr']):g}"
+    if not bool(cfg.get("balanced", True)):
+        label += "-unbalanced"
     if cfg.get("attack", "none") != "none" and cfg.get("malicious"):
         label += f"-{cfg['attack']}-{cfg['malicious']}"
     if float(cfg.get("dp-noise", -1)) >= 0:
@@ -170,21 +183,33 @@ def main(grid: Grid, context: Context) -> None:
     # Everything a client needs travels with the message (see fl.client_app).
     shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"])}
     train_cfg = ConfigRecord({**shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]),
-                              "num-rounds": rounds, "seed": int(cfg["seed"]), "malicious": str(cfg["malicious"]),
+                              "num-rounds": rounds, "seed": int(cfg["seed"]), "balanced": bool(cfg["balanced"]), "malicious": str(cfg["malicious"]),
                               "attack": str(cfg["attack"]), "attack-scale": float(cfg["attack-scale"])})
+    best: dict[str, Any] = {}
+
+    def keep_best(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Called after each round's federated evaluation: keep the global model of the round with
+        # the best mean *validation* F1 (model selection on validation, as centralized does per epoch).
+        if recorder.history and recorder.history[-1]["round"] == server_round:
+            h = recorder.history[-1]
+            if not best or h["val_f1_mean"] > best["val_f1_mean"]:
+                best.update(round=server_round, val_f1_mean=h["val_f1_mean"], state=arrays.to_torch_state_dict())
+        return None
+
     t0 = time.time()
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                            train_config=train_cfg, evaluate_config=ConfigRecord(shared))
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                   train_config=train_cfg, evaluate_config=ConfigRecord(shared), evaluate_fn=keep_best)
     wall = time.time() - t0
-    model.load_state_dict(result.arrays.to_torch_state_dict())
-    finish(cfg, label, recorder, model, wall)
+    model.load_state_dict(best["state"])
+    finish(cfg, label, recorder, model, wall, best_round=int(best["round"]))
 
 
-def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall: float) -> dict[str, Any]:
+def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall: float,
+           best_round: int) -> dict[str, Any]:
     """Write the artifact and the results JSON; remember the summary for an in-process caller."""
     from fl.model import Artifact, new_version
 
-    last = recorder.history[-1] if recorder.history else {"threshold": 0.5, "orgs": {}}
+    last = recorder.history[best_round - 1]
     thr = float(last["threshold"])
     val = {o: m["val"] for o, m in last["orgs"].items()}
     test = {o: m["test"] for o, m in last["orgs"].items()}
@@ -193,16 +218,17 @@ def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall
         "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in ("out", "results")},
         "threshold": thr, "val": val, "test": test, "history": recorder.history, "data": recorder.data,
-        "wall_s": wall,
+        "wall_s": wall, "best_round": best_round,
+        "final_round_test": {o: m["test"] for o, m in recorder.history[-1]["orgs"].items()},
     }
-    _log(f"[{label}] done in {wall:.0f}s: test F1 " + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in test.items()))
+    _log(f"[{label}] done in {wall:.0f}s; round {best_round} has the best validation F1; its test F1 " + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in test.items()))
     if cfg.get("out"):
         from fl.runner import _clean
 
         prov = {
             "version": new_version(str(cfg["strategy"])), "strategy": str(cfg["strategy"]),
             "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
-            "data": [recorder.data.get(o, {"org": o}) for o in test],
+            "selected_round": best_round, "data": [recorder.data.get(o, {"org": o}) for o in test],
             "threshold_from": "validation splits (mean per-organisation F1, from counts sent by the nodes)",
             "metrics": _clean({"val": val, "test": test}), "wall_s": round(wall, 1),
             "config": _clean(summary["config"]),

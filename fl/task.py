@@ -44,18 +44,23 @@ def set_weights(model: nn.Module, weights: Iterable[np.ndarray]) -> None:
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: float = LR,
           weight_decay: float = WEIGHT_DECAY, batch: int = BATCH, proximal_mu: float = 0.0,
-          seed: int = 0, optimizer: torch.optim.Optimizer | None = None) -> float:
+          seed: int = 0, optimizer: torch.optim.Optimizer | None = None, balanced: bool = False,
+          correction: list[torch.Tensor] | None = None, grad_sum: list[torch.Tensor] | None = None) -> float:
     """Train in place; return the mean loss of the last epoch.
 
     With ``proximal_mu > 0`` (FedProx) the loss gets ``mu/2 * ||w - w_global||^2`` on *every*
     batch: ``w_global`` is frozen before the first step. (The reference read the "global"
     weights from the model being trained, so its term vanished after the first batch.)
+
+    SCAFFOLD: ``correction`` (c − c_i, one tensor per parameter) is added to every batch gradient,
+    and the raw data gradients are summed into ``grad_sum`` so the caller can update c_i.
     """
     model.train()
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    sample_w = torch.from_numpy(class_weights(y)) if balanced else None
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     last = float("nan")
     for _ in range(epochs):
@@ -64,16 +69,32 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
         for start in range(0, len(perm), batch):
             idx = perm[start:start + batch]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            per_row = loss_fn(model(xt[idx]), yt[idx])
+            loss = (per_row * sample_w[idx]).mean() if sample_w is not None else per_row.mean()
             if global_params is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
             loss.backward()
+            if grad_sum is not None or correction is not None:
+                for j, p in enumerate(model.parameters()):
+                    if grad_sum is not None:
+                        grad_sum[j] += p.grad
+                    if correction is not None:
+                        p.grad += correction[j]
             opt.step()
             total += float(loss.detach()) * len(idx)
             n += len(idx)
         last = total / max(n, 1)
     return last
+
+
+def class_weights(y: np.ndarray) -> np.ndarray:
+    """Per-row weights that give both classes of this data set equal total weight (mean 1)."""
+    y = y.astype(bool)
+    p = float(y.mean()) if len(y) else 0.5
+    if p in (0.0, 1.0):
+        return np.ones(len(y), dtype=np.float32)
+    return np.where(y, 0.5 / p, 0.5 / (1.0 - p)).astype(np.float32)
 
 
 @torch.inference_mode()

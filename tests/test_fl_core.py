@@ -1,0 +1,144 @@
+"""Model artifact, preprocessing parity, metrics and ``phoenix evaluate`` (fast, real data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fl import data, preprocess, task
+from fl.model import Artifact, Scorer, load_artifact
+from phoenix.config import PROJECT_ROOT
+from phoenix.schema import FEATURES, LABEL
+
+NF = PROJECT_ROOT.parent / "shared" / "data" / "nf"
+CSE = NF / "NF-CSE-CIC-IDS2018-v2.parquet"
+REPLAY = NF / "NF-ToN-IoT-v2-replay-10k.csv"
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory) -> str:
+    """2,000 real CSE rows plus rows carrying the known quirks (1e46, NaN, negatives)."""
+    df = pd.read_parquet(CSE).head(2000)
+    odd = df.head(6).copy()
+    odd["SRC_TO_DST_SECOND_BYTES"] = [1e46, 3e45, np.nan, -5.0, 1e12, 0.0]
+    odd["DST_TO_SRC_SECOND_BYTES"] = [np.nan, 1e46, 7.0, 1e46, -1.0, 2.0]
+    odd["IN_BYTES"] = [11, 12, 13, 14, 15, 16]  # distinct, so de-duplication keeps them
+    path = tmp_path_factory.mktemp("nf") / "NF-Test-quirks.parquet"
+    pd.concat([df, odd]).to_parquet(path)
+    return str(path)
+
+
+def test_preprocessing_bounded_and_finite() -> None:
+    x = np.zeros((4, len(FEATURES)))
+    x[0, 18], x[1, 19], x[2, 0], x[3, 2] = 1e46, np.nan, -3.0, 2.0**40
+    z = preprocess.transform(x)
+    assert z.dtype == np.float32 and np.isfinite(z).all()
+    assert z.min() >= 0.0 and z.max() <= 1.0
+    assert z[0, 18] == pytest.approx(1.0) and z[3, 2] == pytest.approx(1.0)
+    assert z[1, 19] == 0.0 and z[2, 0] == 0.0
+
+
+def test_training_and_serving_apply_the_same_transform(small_file: str) -> None:
+    """The trainer's inputs are preprocess.transform of the raw rows, and Scorer scores raw rows
+    to the same probabilities: one transform for training and serving, 1e46/NaN included."""
+    org = data.load_org(small_file)
+    x_raw, y = data.read_labeled(small_file)
+    x_raw, y = data.dedup(x_raw, y)
+    tr, va, te = data.split_indices(y)
+    assert np.array_equal(org.x_train, preprocess.transform(x_raw[tr]))
+    assert np.array_equal(org.x_test, preprocess.transform(x_raw[te]))
+    model = task.make_model(1)
+    task.train(model, org.x_train, org.y_train, 1)
+    scorer = Scorer(Artifact(model, 0.5), device="cpu")
+    quirky = x_raw[np.isnan(x_raw).any(axis=1) | (x_raw > 1e40).any(axis=1)]
+    assert len(quirky) >= 4
+    for raw in (x_raw[te], quirky):
+        served = scorer.scores(raw)
+        trained = task.predict(model, preprocess.transform(raw))
+        assert np.isfinite(served).all()
+        np.testing.assert_allclose(served, trained, atol=1e-5)
+
+
+def test_dedup_before_split_no_leak(small_file: str) -> None:
+    org = data.load_org(small_file)
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert not rows(org.x_train) & rows(org.x_test)
+    assert org.rows_unique <= org.rows_raw
+    assert len(org.y_train) + len(org.y_val) + len(org.y_test) == org.rows_unique
+
+
+def test_artifact_round_trip_and_wrong_features(tmp_path) -> None:
+    model = task.make_model(3)
+    prov = {"version": "test-1", "strategy": "fedavg", "rounds": 2}
+    path = Artifact(model, 0.37, prov).save(tmp_path / "m.pt")
+    art = load_artifact(path)
+    assert art.threshold == pytest.approx(0.37) and art.provenance["strategy"] == "fedavg"
+    for a, b in zip(model.state_dict().values(), art.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    doc = torch.load(path, weights_only=True)
+    doc["features"] = list(reversed(doc["features"]))
+    torch.save(doc, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="feature list"):
+        load_artifact(tmp_path / "bad.pt")
+    doc["features"] = list(FEATURES)
+    doc["preprocessing"] = {"name": "minmax", "version": 1}
+    torch.save(doc, tmp_path / "bad2.pt")
+    with pytest.raises(ValueError, match="preprocessing"):
+        load_artifact(tmp_path / "bad2.pt")
+
+
+def test_threshold_counts_match_metrics() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(500) < 0.3).astype(np.float32)
+    s = np.clip(y * 0.6 + rng.random(500) * 0.5, 0, 1).astype(np.float32)
+    c = task.counts_at(y, s)
+    thr = task.choose_threshold([c])
+    i = int(np.argmin(np.abs(task.THRESHOLDS - thr)))
+    m = task.metrics(y, s, thr)
+    assert (c["tp"][i], c["fp"][i], c["fn"][i], c["tn"][i]) == (m["tp"], m["fp"], m["fn"], m["tn"])
+    assert m["f1"] == pytest.approx(task.f1_from_counts(c["tp"], c["fp"], c["fn"]).max())
+
+
+def test_proximal_term_holds_weights_near_global() -> None:
+    """FedProx: the penalty acts on every batch, so a large mu keeps the update small."""
+    rng = np.random.default_rng(1)
+    x = rng.random((2048, len(FEATURES)), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.float32)
+    drift = {}
+    for mu in (0.0, 100.0):
+        model = task.make_model(0)
+        start = [p.detach().clone() for p in model.parameters()]
+        task.train(model, x, y, 2, proximal_mu=mu)
+        drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True))
+    assert drift[100.0] < 0.2 * drift[0.0]
+
+
+def _evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "phoenix", "evaluate", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_json_shape(small_file: str) -> None:
+    proc = _evaluate("--model", str(PROJECT_ROOT / "models" / "phoenix.pt"), "--data", str(CSE), small_file, "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert set(doc) == {"NF-CSE-CIC-IDS2018-v2", "NF-Test-quirks"}
+    for m in doc.values():
+        assert {"rows", "accuracy", "precision", "recall", "f1", "fpr"} <= set(m)
+        assert 0.0 <= m["f1"] <= 1.0
+    assert doc["NF-CSE-CIC-IDS2018-v2"]["rows"] == len(pd.read_parquet(CSE, columns=[LABEL]))
+
+
+def test_evaluate_refuses_unlabeled_file() -> None:
+    proc = _evaluate("--data", str(REPLAY), "--json")
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    assert "Label" in proc.stderr
