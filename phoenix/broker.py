@@ -145,8 +145,11 @@ class _ConfirmPipeline:
             if nack and msg is not None:
                 self.nacked.append(msg)
 
-    def _pump(self, deadline: float) -> None:
-        self.conn.process_data_events(time_limit=0.05)
+    def _pump(self, deadline: float, waited: float = 0.0) -> None:
+        # Confirms on the async channel do not wake a blocking wait, which would sleep out its
+        # whole time limit: poll without blocking while a confirm is due (a loopback round trip
+        # is ~0.3 ms), then back off to 1 ms sleeps so a slow broker is not spun on.
+        self.conn.process_data_events(time_limit=0 if waited < 0.003 else 0.001)
         if self.channel.is_closed:
             raise pika.exceptions.ChannelClosed(0, "channel closed while waiting for confirms")
         if time.monotonic() > deadline:
@@ -159,9 +162,10 @@ class _ConfirmPipeline:
             self.impl.basic_publish(m.exchange, m.routing_key, m.body, props)
             self.unconfirmed[self.next_tag] = m
             self.next_tag += 1
-        deadline = time.monotonic() + 30
+        start = time.monotonic()
+        deadline = start + 30
         while self.unconfirmed:
-            self._pump(deadline)
+            self._pump(deadline, time.monotonic() - start)
         nacked, self.nacked = self.nacked, []
         return nacked
 
