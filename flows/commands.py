@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--records", type=int, default=400_000, help="records for the end-to-end run")
     p.add_argument("--rate", type=float, default=10_000.0, help="offered load for the latency run (records/s)")
     p.add_argument("--latency-seconds", type=float, default=15.0)
-    p.add_argument("--processes", type=int, default=1, help="dataflow processes (default 1)")
+    p.add_argument("--processes", type=int, default=2, help="dataflow processes (default 2, one per core)")
     p.add_argument("--batch", type=int, default=1000, help="records per device message (default 1000)")
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--reference-messages", type=int, default=5000)
