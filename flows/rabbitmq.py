@@ -117,11 +117,7 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
         return self.last_emitted
 
     def _drop(self) -> None:
-        try:
-            if self._conn is not None and self._conn.is_open:
-                self._conn.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything pika has
-            pass
+        broker.close_quietly(self._conn)
         self._conn = self._ch = None
         self._buffer.clear()
         self._last_tag = 0  # delivery tags belong to the dead channel

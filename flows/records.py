@@ -12,21 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-# Per-record identity and flow key; the classify stage appends score/label/timing columns
-# to reach phoenix.schema.VERDICT_SCHEMA.
-KEY_SCHEMA = pa.schema([
-    ("verdict_id", pa.string()),
-    ("device_id", pa.string()),
-    ("seq", pa.int64()),
-    ("src_addr", pa.string()),
-    ("src_port", pa.int32()),
-    ("dst_addr", pa.string()),
-    ("dst_port", pa.int32()),
-    ("protocol", pa.int16()),
-    ("first_seen_ns", pa.int64()),
-    ("last_seen_ns", pa.int64()),
-    ("send_ts_ns", pa.int64()),
-])
+from phoenix.schema import VERDICT_SCHEMA
+
+# Per-record identity and flow key: the leading columns of a verdict, plus the device's send
+# time; the classify stage appends score, label and timing to reach VERDICT_SCHEMA.
+KEY_SCHEMA = pa.schema([VERDICT_SCHEMA.field(name) for name in (
+    "verdict_id", "device_id", "seq", "src_addr", "src_port", "dst_addr", "dst_port", "protocol",
+    "first_seen_ns", "last_seen_ns", "send_ts_ns")])
 
 
 @dataclass

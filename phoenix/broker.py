@@ -61,6 +61,15 @@ def connect_retrying(settings: Settings, *, deadline_s: float = float("inf"), wh
             delay = min(delay * 2, 5.0)
 
 
+def close_quietly(conn: pika.BlockingConnection | None) -> None:
+    """Close a connection that may already be dead."""
+    try:
+        if conn is not None and conn.is_open:
+            conn.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection may raise anything pika has
+        pass
+
+
 def partition_of(key: str, partitions: int) -> int:
     """Stable partition for a device id: the same device always lands on the same stream."""
     return zlib.crc32(key.encode()) % partitions
@@ -218,11 +227,7 @@ class ConfirmedPublisher:
                 time.sleep(0.2)
 
     def _drop(self) -> None:
-        try:
-            if self._conn is not None and self._conn.is_open:
-                self._conn.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything pika has
-            pass
+        close_quietly(self._conn)
         self._conn = self._pipe = None
 
     def close(self) -> None:
