@@ -11,6 +11,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +37,9 @@ from phoenix.schema import (
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 AMQP_URL = os.environ.get("PHOENIX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-IMG = ROOT / "docs" / "img"
+# Screenshots land in PHOENIX_SCREENSHOT_DIR (e.g. docs/img to refresh the README's); by default
+# in a temporary folder, so a test run never rewrites tracked files.
+IMG = Path(os.environ.get("PHOENIX_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="phoenix-screens-"))
 
 pytestmark = [pytest.mark.broker, pytest.mark.browser]
 
