@@ -109,12 +109,17 @@ def replay(paths: list[str], *, devices: int, rate: float, batch: int, limit: in
     content_type = schema.JSON_CONTENT_TYPE if json_ref else schema.ARROW_CONTENT_TYPE
     start = last_report = time.monotonic()
     sent = 0
+    stream = messages(table, devices=devices, batch=batch, loop=loop, limit=limit, json_reference=json_ref)
     try:
-        for m in messages(table, devices=devices, batch=batch, loop=loop, limit=limit, json_reference=json_ref):
+        while True:
             if rate > 0:  # pace by records, not messages, so --rate means records/s at any batch size
                 ahead = start + sent / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
+            # Built (and time-stamped) only now, after the wait: the send time is the real one.
+            m = next(stream, None)
+            if m is None:
+                break
             pub.publish_request(device_id(m.device), m.body, content_type)
             sent += m.records
             now = time.monotonic()
