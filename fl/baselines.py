@@ -30,6 +30,17 @@ def evaluate_orgs(model: torch.nn.Module, orgs: dict[str, OrgData], threshold: f
     return out
 
 
+def weighted_f1(model: torch.nn.Module, orgs: dict[str, OrgData], threshold: float,
+                split: str = "test") -> dict[str, float]:
+    """F1 of ``split`` with each unique row counted by its multiplicity in the raw file."""
+    out = {}
+    for name, d in orgs.items():
+        c = task.counts_at(getattr(d, f"y_{split}"), task.predict(model, getattr(d, f"x_{split}")),
+                           np.array([threshold]), weight=d.counts(split))
+        out[name] = float(task.f1_from_counts(c["tp"], c["fp"], c["fn"])[0])
+    return out
+
+
 def val_threshold(model: torch.nn.Module, orgs: dict[str, OrgData]) -> tuple[float, float]:
     """(threshold, mean validation F1) chosen on the organisations' validation splits."""
     counts = [task.counts_at(d.y_val, task.predict(model, d.x_val)) for d in orgs.values()]
@@ -41,7 +52,7 @@ def val_threshold(model: torch.nn.Module, orgs: dict[str, OrgData]) -> tuple[flo
 
 def fit(train_orgs: dict[str, OrgData], val_orgs: dict[str, OrgData], epochs: int, *, seed: int = 0,
         lr: float = task.LR, eval_every: int = 1, progress: Progress | None = None,
-        label: str = "centralized") -> tuple[torch.nn.Module, float, list[dict]]:
+        label: str = "centralized", weighting: str = "none") -> tuple[torch.nn.Module, float, list[dict]]:
     """Train one model on the pooled training rows of ``train_orgs``.
 
     Cosine learning-rate decay; after every ``eval_every`` epochs the threshold is chosen on the
@@ -50,6 +61,11 @@ def fit(train_orgs: dict[str, OrgData], val_orgs: dict[str, OrgData], epochs: in
     """
     x = np.concatenate([d.x_train for d in train_orgs.values()])
     y = np.concatenate([d.y_train for d in train_orgs.values()])
+    # Multiplicity weights (``weighting`` != "none"); plain unweighted loss otherwise, as before.
+    sw = None if weighting == "none" else task.row_weights(
+        np.concatenate([d.counts("train") for d in train_orgs.values()]), weighting, len(y))
+    if sw is not None:
+        sw = sw / sw.mean()
     model = task.make_model(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=task.WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
@@ -57,7 +73,7 @@ def fit(train_orgs: dict[str, OrgData], val_orgs: dict[str, OrgData], epochs: in
     history: list[dict] = []
     t0 = time.time()
     for epoch in range(1, epochs + 1):
-        loss = task.train(model, x, y, 1, seed=seed * 1000 + epoch, optimizer=opt)
+        loss = task.train(model, x, y, 1, seed=seed * 1000 + epoch, optimizer=opt, sample_weight=sw)
         sched.step()
         if epoch % eval_every and epoch != epochs:
             continue

@@ -10,8 +10,8 @@ Which organisation a node is comes from its node config:
 Every setting a round needs (epochs, learning rate, FedProx mu, attack for robustness runs)
 travels in the message's ``ConfigRecord``, so the same app runs under ``flwr run``, under
 :func:`flwr.simulation.run_simulation` and on real SuperNodes without other configuration.
-What leaves the node: model weights, the number of training examples (the server weights by
-it), and aggregate counts (TP/FP/FN/TN per candidate threshold) used to choose the threshold.
+What leaves the node: model weights, the number of (unique) training examples (the server
+weights by it), and aggregate counts, plain and multiplicity-weighted, (TP/FP/FN/TN per candidate threshold) used to choose the threshold.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def train(msg: Message, context: Context) -> Message:
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     epochs = int(cfg.get("local-epochs", 1))
     correction, grad_sum, c_i = _scaffold_inputs(msg, context, model)
-    loss = task.train(model, d.x_train, y, epochs, lr=lr,
+    # Multiplicity-weighted loss: each unique row counts by how often it occurs in this org's file.
+    sample_weight = task.row_weights(d.w_train, str(cfg.get("weighting", "none")), len(y))
+    loss = task.train(model, d.x_train, y, epochs, lr=lr, sample_weight=sample_weight,
                       proximal_mu=float(cfg.get("proximal-mu", 0.0)), balanced=bool(cfg.get("balanced", True)),
                       seed=int(cfg.get("seed", 0)) * 100_000 + rnd * 10 + data.ORGS.index(d.name)
                       if d.name in data.ORGS else rnd, correction=correction, grad_sum=grad_sum)
@@ -121,6 +123,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _model_from(msg)
     sv, st = task.predict(model, d.x_val), task.predict(model, d.x_test)
     cv, ct = task.counts_at(d.y_val, sv), task.counts_at(d.y_test, st)
+    # The same splits with every unique row counted as often as it occurs in the raw file.
+    cvw = task.counts_at(d.y_val, sv, weight=d.counts("val"))
+    ctw = task.counts_at(d.y_test, st, weight=d.counts("test"))
     m = task.metrics(d.y_test, st, 0.5)
     record = {
         "num-examples": len(d.y_val),
@@ -128,6 +133,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         "test-pr-auc": float(m["pr_auc"]) if np.isfinite(m["pr_auc"]) else 0.0,
         **{f"val-{k}": v for k, v in cv.items()},
         **{f"test-{k}": v for k, v in ct.items()},
+        **{f"valw-{k}": v for k, v in cvw.items()},
+        **{f"testw-{k}": v for k, v in ctw.items()},
     }
     # Provenance for the artifact: which file, its digest and row counts (no rows themselves).
     prov = {k: v for k, v in d.provenance().items() if isinstance(v, str | int | float)}

@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'centralized' pools all organisations' training rows (the upper bound); 'local' trains one model "
         "per organisation and writes the cross matrix. The artifact's threshold is chosen on validation data.",
     )
-    # Defaults = the shipped model: FedMedian, 20 rounds x 4 local epochs (best mean validation F1).
+    # Defaults = the shipped model: FedMedian, 60 rounds x 2 local epochs (best mean validation F1).
     p.add_argument("--strategy", choices=STRATEGIES, default="fedmedian")
-    p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
-    p.add_argument("--local-epochs", type=int, default=4, help="local epochs per round (default 4)")
+    p.add_argument("--rounds", type=int, default=60, help="federated rounds (default 60)")
+    p.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default 2)")
     p.add_argument("--epochs", type=int, default=60, help="epochs for centralized/local baselines (default 60)")
     p.add_argument("--data", default=str(DEFAULT_DATA_DIR),
                    help="directory holding the NF-v2 files of the organisations (default ../shared/data/nf)")
@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay; default 1e-3)")
     p.add_argument("--unbalanced", action="store_true",
                    help="federated: plain local loss instead of the per-organisation class-balanced one")
+    p.add_argument("--weighting", choices=("none", "log", "sqrt", "count"), default="none",
+                   help="loss weight of each unique row from its multiplicity in the org's file "
+                        "(none | log: 1+log(count) | sqrt | count)")
+    p.add_argument("--select", choices=("unweighted", "weighted", "both"), default="unweighted",
+                   help="validation F1 that picks threshold and round: each unique row once, "
+                        "multiplicity-weighted, or the mean of both")
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx mu (default 0.01)")
     p.add_argument("--malicious", default="", help="organisation that attacks (robustness experiments)")
     p.add_argument("--attack", choices=("none", "labelflip", "scale"), default="none")

@@ -64,6 +64,16 @@ class OrgData:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # Multiplicity of each unique row: how often its (features, label) occurs in the raw file.
+    # Traffic repeats (a scan or flood sends one vector thousands of times): the count keeps that
+    # signal after de-duplication without leaking rows between splits. None: all ones.
+    w_train: np.ndarray | None = None
+    w_val: np.ndarray | None = None
+    w_test: np.ndarray | None = None
+
+    def counts(self, split: str) -> np.ndarray:
+        w = getattr(self, f"w_{split}")
+        return np.ones(len(getattr(self, f"y_{split}")), dtype=np.float32) if w is None else w
 
     def provenance(self) -> dict:
         return {
@@ -134,10 +144,22 @@ def split_indices(y: np.ndarray, seed: int = SPLIT_SEED, val: float = VAL_FRACTI
 
 def dedup(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop exact duplicate (features, label) rows, keeping first occurrences in file order."""
+    x_u, y_u, _ = dedup_counts(x, y)
+    return x_u, y_u
+
+
+def dedup_counts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`dedup` plus each kept row's multiplicity (its number of occurrences in the input).
+
+    The key is (features, label): a vector seen with both labels stays twice, each variant with
+    its own count.
+    """
     frame = pd.DataFrame(x)
     frame["__y"] = y
+    codes = frame.groupby(list(frame.columns), sort=False, dropna=False).ngroup().to_numpy()
     keep = ~frame.duplicated().to_numpy()
-    return x[keep], y[keep]
+    counts = np.bincount(codes)[codes[keep]].astype(np.float32)
+    return x[keep], y[keep], counts
 
 
 @functools.lru_cache(maxsize=16)
@@ -146,17 +168,18 @@ def _load_cached(path: str, seed: int, max_rows: int) -> OrgData:
 
     x_raw, y = read_labeled(path)
     rows_raw = len(y)
-    x_raw, y = dedup(x_raw, y)
+    x_raw, y, mult = dedup_counts(x_raw, y)
     if max_rows and len(y) > max_rows:
         # A stratified subsample for fast tests; taken after dedup so it stays leak-free.
         keep, _ = train_test_split(np.arange(len(y)), train_size=max_rows, random_state=seed, stratify=y)
         keep = np.sort(keep)
-        x_raw, y = x_raw[keep], y[keep]
+        x_raw, y, mult = x_raw[keep], y[keep], mult[keep]
     tr, va, te = split_indices(y, seed)
     x = preprocess.transform(x_raw)
     name = next((o for o, stem in ORG_FILES.items() if Path(path).name.startswith(stem + ".")), Path(path).stem)
     return OrgData(name, path, file_digest(path), rows_raw, len(y), x[tr], y[tr].astype(np.float32),
-                   x[va], y[va].astype(np.float32), x[te], y[te].astype(np.float32))
+                   x[va], y[va].astype(np.float32), x[te], y[te].astype(np.float32),
+                   mult[tr], mult[va], mult[te])
 
 
 def load_org(path: str | Path, seed: int = SPLIT_SEED, max_rows: int = 0) -> OrgData:

@@ -53,6 +53,7 @@ def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[s
         "strategy": args.strategy, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
         "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu, "lr": args.lr,
         "balanced": not getattr(args, "unbalanced", False),
+        "weighting": getattr(args, "weighting", "none"), "select": getattr(args, "select", "unweighted"),
         "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
         "max-rows": args.max_rows, "seed": args.seed, "out": out, "results": results, "name": args.name,
     }

@@ -71,19 +71,25 @@ def provenance(strategy: str, orgs: dict[str, data.OrgData], *, rounds: int, loc
 def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     orgs = data.load_orgs(args.data, _orgs_arg(args.orgs), max_rows=args.max_rows)
     t0 = time.time()
-    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=args.lr, progress=log)
+    weighting = getattr(args, "weighting", "none")
+    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=args.lr, progress=log,
+                                        weighting=weighting)
     wall = time.time() - t0
     val = baselines.evaluate_orgs(model, orgs, thr, "val")
     test = baselines.evaluate_orgs(model, orgs, thr, "test")
+    val_w, test_w = (baselines.weighted_f1(model, orgs, thr, split) for split in ("val", "test"))
     _print_table(log, "centralized", test)
+    log("centralized: multiplicity-weighted test F1 " + "  ".join(f"{o}: {f * 100:.2f}" for o, f in test_w.items()))
     out = Path(args.out or DEFAULT_MODEL)
     prov = provenance("centralized", orgs, rounds=0, local_epochs=0, val=val, test=test,
                       extra={"epochs": args.epochs, "best_epoch": max(history, key=lambda h: h["val_f1_mean"])["epoch"],
                              "wall_s": round(wall, 1)})
     Artifact(model, thr, prov).save(out)
     log(f"wrote {out} (threshold {thr:.4f}, version {prov['version']})")
-    name = args.name or "centralized"
+    name = args.name or ("centralized" if weighting == "none" else f"centralized-w{weighting}")
     path = save_results(args.results, name, {"kind": "centralized", "name": name, "strategy": "centralized",
+                                             "weighting": weighting, "val_weighted_f1": val_w,
+                                             "test_weighted_f1": test_w,
                                              "epochs": args.epochs, "history": history, "threshold": thr,
                                              "val": val, "test": test, "wall_s": wall, "artifact": str(out),
                                              "version": prov["version"],

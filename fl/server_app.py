@@ -41,8 +41,8 @@ from fl.data import ORGS
 from fl.scaffold import Scaffold
 
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 20,
-    "local-epochs": 4,
+    "num-server-rounds": 60,
+    "local-epochs": 2,
     "strategy": "fedmedian",
     "data-dir": "../shared/data/nf",
     "orgs": ",".join(ORGS),       # partition-id i of a simulation is the i-th organisation here
@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
     # Class-balanced local loss: BoT-IoT is 97 % attacks, CSE-CIC 10 %; unweighted, each node's
     # update mostly drags the output bias towards its own prior and the average oscillates.
     "balanced": True,
+    # Loss weight of each unique row from its multiplicity in the org's file: none|log|sqrt|count.
+    "weighting": "none",
+    # What picks the threshold and the round: mean per-org validation F1 "unweighted" (each unique
+    # vector once), "weighted" (by multiplicity) or "both" (the mean of the two).
+    "select": "unweighted",
     "proximal-mu": 0.01,
     "malicious": "",              # robustness runs: this organisation attacks ...
     "attack": "none",             # ... with "labelflip" or "scale"
@@ -76,7 +81,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def metrics_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+def metrics_from_counts(tp: float, fp: float, fn: float, tn: float) -> dict[str, float | int]:
     n = tp + fp + fn + tn
     return {
         "rows": n, "accuracy": (tp + tn) / n if n else 0.0,
@@ -89,8 +94,10 @@ def metrics_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float |
 class Recorder:
     """``evaluate_metrics_aggr_fn``: per-organisation metrics every round, threshold on validation."""
 
-    def __init__(self, label: str, rounds: int) -> None:
-        self.label, self.rounds = label, rounds
+    def __init__(self, label: str, rounds: int, select: str = "unweighted") -> None:
+        if select not in ("unweighted", "weighted", "both"):
+            raise ValueError(f"select must be unweighted, weighted or both, not {select!r}")
+        self.label, self.rounds, self.select = label, rounds, select
         self.history: list[dict] = []
         self.data: dict[str, dict] = {}
         self.t0 = time.time()
@@ -104,9 +111,15 @@ class Recorder:
             per_org[org] = m
             self.data[org] = prov
         order = [o for o in ORGS if o in per_org] + sorted(o for o in per_org if o not in ORGS)
-        val_counts = [{k: per_org[o][f"val-{k}"] for k in ("tp", "fp", "fn")} for o in order]
-        thr = task.choose_threshold(val_counts)
-        i = int(np.argmin(np.abs(task.THRESHOLDS - thr)))
+        weighted = all("valw-tp" in per_org[o] for o in order)
+        f1_plain = np.mean([task.f1_from_counts(*(per_org[o][f"val-{k}"] for k in ("tp", "fp", "fn")))
+                            for o in order], axis=0)
+        f1_w = np.mean([task.f1_from_counts(*(per_org[o][f"valw-{k}"] for k in ("tp", "fp", "fn")))
+                        for o in order], axis=0) if weighted else f1_plain
+        objective = {"unweighted": f1_plain, "weighted": f1_w, "both": (f1_plain + f1_w) / 2}[self.select]
+        best_i = np.flatnonzero(objective >= objective.max() - 1e-12)
+        i = int(best_i[len(best_i) // 2])  # middle of ties, as task.choose_threshold
+        thr = float(task.THRESHOLDS[i])
         orgs: dict[str, dict] = {}
         for o in order:
             m = per_org[o]
@@ -114,16 +127,27 @@ class Recorder:
                 "val": metrics_from_counts(*(int(m[f"val-{k}"][i]) for k in ("tp", "fp", "fn", "tn"))),
                 "test": metrics_from_counts(*(int(m[f"test-{k}"][i]) for k in ("tp", "fp", "fn", "tn"))),
             }
+            if weighted:
+                orgs[o]["val_weighted"] = metrics_from_counts(*(float(m[f"valw-{k}"][i]) for k in ("tp", "fp", "fn", "tn")))
+                orgs[o]["test_weighted"] = metrics_from_counts(*(float(m[f"testw-{k}"][i]) for k in ("tp", "fp", "fn", "tn")))
             orgs[o]["test"]["pr_auc"] = float(m["test-pr-auc"])
         rnd = len(self.history) + 1
         val_mean = float(np.mean([orgs[o]["val"]["f1"] for o in order]))
         test_mean = float(np.mean([orgs[o]["test"]["f1"] for o in order]))
-        self.history.append({"round": rnd, "threshold": thr, "val_f1_mean": val_mean, "test_f1_mean": test_mean,
-                             "elapsed_s": time.time() - self.t0, "orgs": orgs})
-        _log(f"[{self.label}] round {rnd}/{self.rounds} thr {thr:.3f} val F1 mean {val_mean * 100:.2f} | test F1 "
+        entry = {"round": rnd, "threshold": thr, "val_f1_mean": val_mean, "test_f1_mean": test_mean,
+                 "select_objective": float(objective[i]), "elapsed_s": time.time() - self.t0, "orgs": orgs}
+        if weighted:
+            entry["val_f1w_mean"] = float(np.mean([orgs[o]["val_weighted"]["f1"] for o in order]))
+            entry["test_f1w_mean"] = float(np.mean([orgs[o]["test_weighted"]["f1"] for o in order]))
+        self.history.append(entry)
+        _log(f"[{self.label}] round {rnd}/{self.rounds} thr {thr:.3f} val F1 mean {val_mean * 100:.2f}"
+             + (f" (weighted {entry['val_f1w_mean'] * 100:.2f})" if weighted else "") + " | test F1 "
              + " ".join(f"{o} {orgs[o]['test']['f1'] * 100:.2f}" for o in order)
+             + (" | weighted " + " ".join(f"{o} {orgs[o]['test_weighted']['f1'] * 100:.2f}" for o in order)
+                if weighted else "")
              + f" ({time.time() - self.t0:.0f}s)")
-        return MetricRecord({"val-f1-mean": val_mean, "test-f1-mean": test_mean, "threshold": thr})
+        return MetricRecord({"val-f1-mean": val_mean, "test-f1-mean": test_mean, "threshold": thr,
+                             "select-objective": float(objective[i])})
 
 
 def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Strategy:
@@ -158,12 +182,18 @@ def run_label(cfg: dict[str, Any]) -> str:
     if cfg.get("name"):
         return str(cfg["name"])
     label = str(cfg["strategy"])
+    if int(cfg.get("num-server-rounds", 20)) != 20:
+        label += f"-r{int(cfg['num-server-rounds'])}"
     if int(cfg.get("local-epochs", 2)) != 2:
         label += f"-e{int(cfg['local-epochs'])}"
     if abs(float(cfg.get("lr", task.LR)) - task.LR) > 1e-12:
         label += f"-lr{float(cfg['lr']):g}"
     if not bool(cfg.get("balanced", True)):
         label += "-unbalanced"
+    if str(cfg.get("weighting", "none")) != "none":
+        label += f"-w{cfg['weighting']}"
+    if str(cfg.get("select", "unweighted")) != "unweighted":
+        label += f"-sel{cfg['select']}"
     if cfg.get("attack", "none") != "none" and cfg.get("malicious"):
         label += f"-{cfg['attack']}-{cfg['malicious']}"
     if float(cfg.get("dp-noise", -1)) >= 0:
@@ -177,13 +207,14 @@ def main(grid: Grid, context: Context) -> None:
     orgs = [o for o in str(cfg["orgs"]).split(",") if o]
     rounds = int(cfg["num-server-rounds"])
     label = run_label(cfg)
-    recorder = Recorder(label, rounds)
+    recorder = Recorder(label, rounds, str(cfg.get("select", "unweighted")))
     strategy = build_strategy(cfg, len(orgs), recorder)
     model = task.make_model(int(cfg["seed"]))
     # Everything a client needs travels with the message (see fl.client_app).
     shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"])}
     train_cfg = ConfigRecord({**shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]),
-                              "num-rounds": rounds, "seed": int(cfg["seed"]), "balanced": bool(cfg["balanced"]), "malicious": str(cfg["malicious"]),
+                              "num-rounds": rounds, "seed": int(cfg["seed"]), "balanced": bool(cfg["balanced"]),
+                              "weighting": str(cfg["weighting"]), "malicious": str(cfg["malicious"]),
                               "attack": str(cfg["attack"]), "attack-scale": float(cfg["attack-scale"])})
     best: dict[str, Any] = {}
 
@@ -192,8 +223,9 @@ def main(grid: Grid, context: Context) -> None:
         # the best mean *validation* F1 (model selection on validation, as centralized does per epoch).
         if recorder.history and recorder.history[-1]["round"] == server_round:
             h = recorder.history[-1]
-            if not best or h["val_f1_mean"] > best["val_f1_mean"]:
-                best.update(round=server_round, val_f1_mean=h["val_f1_mean"], state=arrays.to_torch_state_dict())
+            score = h.get("select_objective", h["val_f1_mean"])
+            if not best or score > best["score"]:
+                best.update(round=server_round, score=score, state=arrays.to_torch_state_dict())
         return None
 
     t0 = time.time()
@@ -213,15 +245,21 @@ def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall
     thr = float(last["threshold"])
     val = {o: m["val"] for o, m in last["orgs"].items()}
     test = {o: m["test"] for o, m in last["orgs"].items()}
+    weighted = {split: {o: m[f"{split}_weighted"] for o, m in last["orgs"].items()}
+                for split in ("val", "test") if all(f"{split}_weighted" in m for m in last["orgs"].values())}
     summary = {
         "kind": "federated", "name": label, "strategy": str(cfg["strategy"]),
         "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in ("out", "results")},
-        "threshold": thr, "val": val, "test": test, "history": recorder.history, "data": recorder.data,
+        "threshold": thr, "val": val, "test": test,
+        **{f"{split}_weighted": m for split, m in weighted.items()}, "history": recorder.history, "data": recorder.data,
         "wall_s": wall, "best_round": best_round,
         "final_round_test": {o: m["test"] for o, m in recorder.history[-1]["orgs"].items()},
     }
-    _log(f"[{label}] done in {wall:.0f}s; round {best_round} has the best validation F1; its test F1 " + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in test.items()))
+    _log(f"[{label}] done in {wall:.0f}s; round {best_round} has the best validation F1; its test F1 "
+         + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in test.items())
+         + ("; weighted " + " ".join(f"{o} {m['f1'] * 100:.2f}" for o, m in weighted["test"].items())
+            if "test" in weighted else ""))
     if cfg.get("out"):
         from fl.runner import _clean
 

@@ -27,6 +27,28 @@ BATCH = 512
 THRESHOLDS: np.ndarray = 1.0 / (1.0 + np.exp(-np.linspace(-9.0, 9.0, 181)))
 
 
+WEIGHTINGS = ("none", "log", "sqrt", "count")
+
+
+def row_weights(counts: np.ndarray | None, mode: str, n: int) -> np.ndarray:
+    """Loss weight of each unique row from its multiplicity ``counts``.
+
+    ``none``: 1; ``log``: 1 + log(count); ``sqrt``: sqrt(count); ``count``: the raw count.
+    """
+    if counts is None or mode == "none":
+        return np.ones(n, dtype=np.float32)
+    c = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    if mode == "log":
+        w = 1.0 + np.log(c)
+    elif mode == "sqrt":
+        w = np.sqrt(c)
+    elif mode == "count":
+        w = c
+    else:
+        raise ValueError(f"unknown weighting {mode!r}; one of {WEIGHTINGS}")
+    return w.astype(np.float32)
+
+
 def make_model(seed: int = 0) -> PhoenixMLP:
     torch.manual_seed(seed)
     return PhoenixMLP()
@@ -45,12 +67,17 @@ def set_weights(model: nn.Module, weights: Iterable[np.ndarray]) -> None:
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: float = LR,
           weight_decay: float = WEIGHT_DECAY, batch: int = BATCH, proximal_mu: float = 0.0,
           seed: int = 0, optimizer: torch.optim.Optimizer | None = None, balanced: bool = False,
-          correction: list[torch.Tensor] | None = None, grad_sum: list[torch.Tensor] | None = None) -> float:
+          correction: list[torch.Tensor] | None = None, grad_sum: list[torch.Tensor] | None = None,
+          sample_weight: np.ndarray | None = None) -> float:
     """Train in place; return the mean loss of the last epoch.
 
     With ``proximal_mu > 0`` (FedProx) the loss gets ``mu/2 * ||w - w_global||^2`` on *every*
     batch: ``w_global`` is frozen before the first step. (The reference read the "global"
     weights from the model being trained, so its term vanished after the first batch.)
+
+    ``sample_weight`` (e.g. :func:`row_weights` of the rows' multiplicities) scales each row's loss;
+    with ``balanced`` the class balance is computed on those weights (both classes get equal total
+    weight) and everything is normalised to mean 1, so the learning rate keeps its meaning.
 
     SCAFFOLD: ``correction`` (c − c_i, one tensor per parameter) is added to every batch gradient,
     and the raw data gradients are summed into ``grad_sum`` so the caller can update c_i.
@@ -60,7 +87,12 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
-    sample_w = torch.from_numpy(class_weights(y)) if balanced else None
+    sample_w = None
+    if balanced or sample_weight is not None:
+        sw = np.ones(len(y), dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        if balanced:
+            sw = sw * class_weights(y, sw)
+        sample_w = torch.from_numpy((sw / max(sw.mean(), 1e-12)).astype(np.float32))
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     last = float("nan")
     for _ in range(epochs):
@@ -88,10 +120,17 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
     return last
 
 
-def class_weights(y: np.ndarray) -> np.ndarray:
-    """Per-row weights that give both classes of this data set equal total weight (mean 1)."""
+def class_weights(y: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Per-row weights that give both classes of this data set equal total weight (mean 1).
+
+    With ``base`` (per-row weights), the classes' totals of ``base`` are equalised instead.
+    """
     y = y.astype(bool)
-    p = float(y.mean()) if len(y) else 0.5
+    if base is not None and len(y):
+        tot = float(np.sum(base))
+        p = float(np.sum(base[y])) / tot if tot > 0 else 0.5
+    else:
+        p = float(y.mean()) if len(y) else 0.5
     if p in (0.0, 1.0):
         return np.ones(len(y), dtype=np.float32)
     return np.where(y, 0.5 / p, 0.5 / (1.0 - p)).astype(np.float32)
@@ -105,9 +144,24 @@ def predict(model: nn.Module, x: np.ndarray, batch: int = 65536) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
-def counts_at(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> dict[str, list[int]]:
-    """TP/FP/FN/TN at each candidate threshold: aggregate counts, safe to send to a server."""
+def counts_at(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray = THRESHOLDS,
+              weight: np.ndarray | None = None) -> dict[str, list]:
+    """TP/FP/FN/TN at each candidate threshold: aggregate counts, safe to send to a server.
+
+    With ``weight`` (each row's multiplicity) the counts are weighted sums instead.
+    """
     y = y.astype(bool)
+    if weight is not None:
+        w = np.asarray(weight, dtype=np.float64)
+        out = {}
+        for key, mask in (("tp", y), ("fp", ~y)):
+            order = np.argsort(scores[mask], kind="stable")
+            s_sorted, w_cum = scores[mask][order], np.concatenate([[0.0], np.cumsum(w[mask][order])])
+            below = np.searchsorted(s_sorted, thresholds, side="left")
+            out[key] = w_cum[-1] - w_cum[below]
+        pos_total, neg_total = float(w[y].sum()), float(w[~y].sum())
+        return {"tp": out["tp"].tolist(), "fp": out["fp"].tolist(), "fn": (pos_total - out["tp"]).tolist(),
+                "tn": (neg_total - out["fp"]).tolist()}
     pos = np.sort(scores[y])
     neg = np.sort(scores[~y])
     tp = len(pos) - np.searchsorted(pos, thresholds, side="left")

@@ -105,6 +105,37 @@ def test_threshold_counts_match_metrics() -> None:
     assert m["f1"] == pytest.approx(task.f1_from_counts(c["tp"], c["fp"], c["fn"]).max())
 
 
+def test_multiplicity_kept_per_label_variant() -> None:
+    """dedup keeps one row per (features, label) and its count; conflicting labels stay apart."""
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [5.0, 6.0]])
+    y = np.array([1, 1, 0, 0, 1, 0])
+    xu, yu, c = data.dedup_counts(x, y)
+    assert xu.tolist() == [[1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    assert yu.tolist() == [1, 0, 0, 0] and c.tolist() == [3.0, 1.0, 1.0, 1.0]
+    assert c.sum() == len(y)
+    np.testing.assert_allclose(task.row_weights(c, "log", 4), 1 + np.log(c))
+    np.testing.assert_allclose(task.row_weights(c, "sqrt", 4), np.sqrt(c))
+    assert task.row_weights(c, "none", 4).tolist() == [1.0] * 4
+
+
+def test_loaded_multiplicities_sum_to_file_rows(small_file: str) -> None:
+    org = data.load_org(small_file)
+    total = sum(float(org.counts(s).sum()) for s in ("train", "val", "test"))
+    assert total == org.rows_raw and min(org.counts(s).min() for s in ("train", "val", "test")) >= 1
+
+
+def test_weighted_counts_match_repeated_rows() -> None:
+    """Weighted TP/FP/FN/TN equal the plain counts of the data with each row repeated count times."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(300) < 0.4).astype(np.float32)
+    s = rng.random(300).astype(np.float32)
+    w = rng.integers(1, 6, 300)
+    cw = task.counts_at(y, s, weight=w.astype(np.float64))
+    c = task.counts_at(np.repeat(y, w), np.repeat(s, w))
+    for k in ("tp", "fp", "fn", "tn"):
+        np.testing.assert_allclose(cw[k], c[k])
+
+
 def test_proximal_term_holds_weights_near_global() -> None:
     """FedProx: the penalty acts on every batch, so a large mu keeps the update small."""
     rng = np.random.default_rng(1)
