@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
 from phoenix import broker
 from phoenix.config import Settings
 
@@ -31,3 +36,37 @@ class RequestPublisher:
 
     def close(self) -> None:
         self._pub.close()
+
+
+@dataclass
+class PublishSummary:
+    units: int  # records or packets
+    messages: int
+    seconds: float
+    reconnects: int
+
+    @property
+    def per_s(self) -> float | None:
+        return round(self.units / self.seconds, 1) if self.seconds else None
+
+
+def publish_messages(settings: Settings, stream: Iterable, *, device_id: Callable[[int], str],
+                     size: Callable[[object], int], content_type: str, unit: str,
+                     progress: bool = True) -> PublishSummary:
+    """Publish simulated devices' messages as ``stream`` yields them, confirmed, with a progress
+    line on stderr every second. Pacing is the stream's job: it yields each message when due."""
+    pub = RequestPublisher(settings)
+    start = last = time.monotonic()
+    sent = 0
+    try:
+        for m in stream:
+            pub.publish_request(device_id(m.device), m.body, content_type)
+            sent += size(m)
+            now = time.monotonic()
+            if progress and now - last >= 1.0:
+                print(f"replay: {sent:,} {unit}, {sent / (now - start):,.0f} {unit}/s, {pub.messages:,} messages",
+                      file=sys.stderr, flush=True)
+                last = now
+    finally:
+        pub.close()
+    return PublishSummary(sent, pub.messages, round(time.monotonic() - start, 3), pub.reconnects)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from capture.publisher import RequestPublisher
+from capture.publisher import publish_messages
 from phoenix import schema
 from phoenix.config import Settings
 
@@ -99,39 +99,37 @@ def reference_json(chunk: pa.Table, now_ns: int) -> bytes:
     }).encode()
 
 
+def paced(stream: Iterator[Message], rate: float) -> Iterator[Message]:
+    """Yield messages at ``rate`` records/s (0: as fast as possible).
+
+    Each message is built, and so time-stamped, only after its wait: the send time is the real one.
+    """
+    start = time.monotonic()
+    sent = 0
+    while True:
+        if rate > 0:  # pace by records, not messages, so --rate means records/s at any batch size
+            ahead = start + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        m = next(stream, None)
+        if m is None:
+            return
+        yield m
+        sent += m.records
+
+
 def replay(paths: list[str], *, devices: int, rate: float, batch: int, limit: int | None, loop: bool,
            settings: Settings, progress: bool = True) -> dict:
     table = load_netflow(paths)
     if table.num_rows == 0:
         raise SystemExit("no rows to replay")
-    pub = RequestPublisher(settings)
     json_ref = batch == 1
-    content_type = schema.JSON_CONTENT_TYPE if json_ref else schema.ARROW_CONTENT_TYPE
-    start = last_report = time.monotonic()
-    sent = 0
     stream = messages(table, devices=devices, batch=batch, loop=loop, limit=limit, json_reference=json_ref)
-    try:
-        while True:
-            if rate > 0:  # pace by records, not messages, so --rate means records/s at any batch size
-                ahead = start + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-            # Built (and time-stamped) only now, after the wait: the send time is the real one.
-            m = next(stream, None)
-            if m is None:
-                break
-            pub.publish_request(device_id(m.device), m.body, content_type)
-            sent += m.records
-            now = time.monotonic()
-            if progress and now - last_report >= 1.0:
-                print(f"replay: {sent:,} records, {sent / (now - start):,.0f} records/s, "
-                      f"{pub.messages:,} messages", file=sys.stderr, flush=True)
-                last_report = now
-    finally:
-        pub.close()
-    elapsed = time.monotonic() - start
-    return {"records": sent, "messages": pub.messages, "devices": devices, "seconds": round(elapsed, 3),
-            "records_per_s": round(sent / elapsed, 1) if elapsed else None, "reconnects": pub.reconnects}
+    done = publish_messages(settings, paced(stream, rate), device_id=device_id, size=lambda m: m.records,
+                            content_type=schema.JSON_CONTENT_TYPE if json_ref else schema.ARROW_CONTENT_TYPE,
+                            unit="records", progress=progress)
+    return {"records": done.units, "messages": done.messages, "devices": devices, "seconds": done.seconds,
+            "records_per_s": done.per_s, "reconnects": done.reconnects}
 
 
 def register(rsub) -> None:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,26 +116,14 @@ def messages(pk: PacketBatch, *, devices: int, batch: int, speed: float, rate: f
 
 def replay(paths: list[str], *, devices: int, speed: float, rate: float, batch: int, loop: bool,
            limit: int | None, settings: Settings, progress: bool = True) -> dict:
-    from capture.publisher import RequestPublisher
+    from capture.publisher import publish_messages
 
     pk, stats = load_packets(paths)
     if not len(pk):
         raise SystemExit(f"no IP packets to replay in {paths} ({stats.errors or 'empty'})")
-    pub = RequestPublisher(settings)
-    start = last = time.monotonic()
-    sent = 0
-    try:
-        for m in messages(pk, devices=devices, batch=batch, speed=speed, rate=rate, loop=loop, limit=limit):
-            pub.publish_request(device_id(m.device), m.body, schema.ARROW_CONTENT_TYPE)
-            sent += m.packets
-            now = time.monotonic()
-            if progress and now - last >= 1.0:
-                print(f"replay pcap: {sent:,} packets, {sent / (now - start):,.0f} packets/s, "
-                      f"{pub.messages:,} messages", file=sys.stderr, flush=True)
-                last = now
-    finally:
-        pub.close()
-    elapsed = time.monotonic() - start
-    return {"packets": sent, "messages": pub.messages, "devices": devices, "seconds": round(elapsed, 3),
-            "packets_per_s": round(sent / elapsed, 1) if elapsed else None, "reconnects": pub.reconnects,
+    stream = messages(pk, devices=devices, batch=batch, speed=speed, rate=rate, loop=loop, limit=limit)
+    done = publish_messages(settings, stream, device_id=device_id, size=lambda m: m.packets,
+                            content_type=schema.ARROW_CONTENT_TYPE, unit="packets", progress=progress)
+    return {"packets": done.units, "messages": done.messages, "devices": devices, "seconds": done.seconds,
+            "packets_per_s": done.per_s, "reconnects": done.reconnects,
             "decode": {k: v for k, v in stats.as_dict().items() if v}}
