@@ -229,40 +229,58 @@ def scan(paths: list[str], model: str | None = None, out: str | None = None) -> 
 
     from capture.pcapio import CaptureError, DecodeStats
     from fl.model import Scorer, load_artifact
+    from flows.context import ContextConfig, ContextDetector, verdict_labels
     from flows.meter import FlowMeter, MeterConfig, iter_flows, records_table
+    from flows.records import FlowRecords
     from phoenix.config import DEFAULT_MODEL
 
     art = load_artifact(model or DEFAULT_MODEL)
     scorer = Scorer(art, device="cpu")
     cfg = MeterConfig.from_env()
+    ctx_cfg = ContextConfig.from_env()
     doc: dict = {"files": 0, "packets": 0, "flows": 0, "malicious_flows": 0, "errors": [], "per_file": {}}
     writer = None
     try:
         for path in paths:
             st = DecodeStats()
-            f_flows = f_mal = 0
+            counts = {"flows": 0, "malicious_flows": 0, "model": 0, "context": 0}
+            detector = ContextDetector(ctx_cfg)
+
+            def judge(rec: FlowRecords, path: str = path, counts: dict = counts) -> None:
+                nonlocal writer
+                scores = scorer.scores(rec.features)
+                by_model = scores >= scorer.threshold
+                mal, names = verdict_labels(by_model, rec.context)
+                counts["flows"] += len(rec)
+                counts["malicious_flows"] += int(mal.sum())
+                counts["model"] += int(by_model.sum())
+                counts["context"] += int((rec.context > 0).sum()) if rec.context is not None else 0
+                if out:
+                    t = records_table(rec).append_column("file", pa.array([Path(path).name] * len(rec)))
+                    t = t.append_column("score", pa.array(scores.astype(np.float32)))
+                    t = t.append_column("malicious", pa.array(mal))
+                    t = t.append_column("detector", names)
+                    if writer is None:
+                        Path(out).parent.mkdir(parents=True, exist_ok=True)
+                        writer = pq.ParquetWriter(out, t.schema)
+                    writer.write_table(t)
+
             try:
                 for rec in iter_flows(path, stats=st, meter=FlowMeter(cfg)):
-                    scores = scorer.scores(rec.features)
-                    mal = scores >= scorer.threshold
-                    f_flows += len(rec)
-                    f_mal += int(mal.sum())
-                    if out:
-                        t = records_table(rec).append_column("file", pa.array([Path(path).name] * len(rec)))
-                        t = t.append_column("score", pa.array(scores.astype(np.float32)))
-                        t = t.append_column("malicious", pa.array(mal))
-                        if writer is None:
-                            Path(out).parent.mkdir(parents=True, exist_ok=True)
-                            writer = pq.ParquetWriter(out, t.schema)
-                        writer.write_table(t)
+                    for judged in (detector.add(rec) if ctx_cfg.enabled else [rec]):
+                        judge(judged)
             except (CaptureError, OSError) as exc:
                 st.errors.append(str(exc))
+            for judged in detector.flush():  # the capture is read: judge the probes it held
+                judge(judged)
             doc["files"] += 1
             doc["packets"] += st.packets
-            doc["flows"] += f_flows
-            doc["malicious_flows"] += f_mal
+            doc["flows"] += counts["flows"]
+            doc["malicious_flows"] += counts["malicious_flows"]
             doc["errors"].extend(st.errors)
-            doc["per_file"][Path(path).name] = {"packets": st.packets, "flows": f_flows, "malicious_flows": f_mal}
+            doc["per_file"][Path(path).name] = {"packets": st.packets, "flows": counts["flows"],
+                                                "malicious_flows": counts["malicious_flows"],
+                                                "by_model": counts["model"], "by_context": counts["context"]}
     finally:
         if writer is not None:
             writer.close()

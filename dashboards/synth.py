@@ -52,6 +52,7 @@ def verdict_batch(n: int, *, worker: str = "worker-0", devices: int = 10, malici
         "last_seen_ns": pa.array(np.full(n, now_ns - 10_000_000, dtype=np.int64)),
         "score": pa.array(np.where(mal, 0.995, 0.01).astype(np.float32)),
         "malicious": mal_arr,
+        "detector": pc.if_else(mal_arr, "model", ""),
         "threshold": pa.array(np.full(n, 0.5, dtype=np.float32)),
         "model_version": pa.array([model_version] * n, pa.string()),
         "send_ts_ns": pa.array(np.full(n, now_ns - int(latency_ms * 1e6), dtype=np.int64)),

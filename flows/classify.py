@@ -1,8 +1,12 @@
 """The main job: ``python -m bytewax.run flows.classify``.
 
-    requests streams ─► decode ─┬─ NetFlow records ──────────────────────┐
-    (RabbitMQ)                  ├─ packets ─► meter into NF-v2 flows ─────┼─► batch ─► classify ─┬─► verdicts + alerts (RabbitMQ, confirmed)
-                                └─ dead letters ◄── (bad input, reason) ◄┘                      └─► Parquet archive
+    requests streams ─► decode ─┬─ NetFlow records ─────────────────────────────────────┐
+    (RabbitMQ)                  ├─ packets ─► meter into NF-v2 flows ─► scan/flood context ┼─► batch ─► classify ─┬─► verdicts + alerts (RabbitMQ, confirmed)
+                                └─ dead letters ◄── (bad input, reason) ◄─────────────────┘                      └─► Parquet archive
+
+A verdict is malicious when the model's score reaches the artifact's threshold or when a context
+detector (flows/context.py: port scan, host sweep, SYN flood, judged across flows) flags the flow;
+its ``detector`` column says which.
 
 Settings come from ``PHOENIX_*`` variables (phoenix.config.Settings). Run several processes
 with ``-i/-a``; with ``-r DIR -s N -b N`` a killed process resumes from its last snapshot and
@@ -18,6 +22,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from flows.archive import ParquetArchiveSink
+from flows.context import context_stage
 from flows.decode import Decoder
 from flows.infer import Classifier, rebatch
 from flows.meter import meter_packets
@@ -40,7 +45,8 @@ def build(settings: Settings) -> Dataflow:
     rest = op.branch("is_packets", by_kind.falses, lambda x: isinstance(x, schema.Request))
     metered, meter_dead = meter_packets("meter", rest.trues, settings)
 
-    records = op.merge("records", by_kind.trues, metered)
+    judged = context_stage("context", metered, settings)
+    records = op.merge("records", by_kind.trues, judged)
     batches = op.flat_map_batch("batch", records, rebatch(settings.batch_max_records))
     classifier = Classifier(settings)
     classifier.scorer  # load the model now, not on the first batch: no latency spike at start  # noqa: B018

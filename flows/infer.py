@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from fl.model import Scorer, load_artifact
+from flows.context import verdict_labels
 from flows.records import FlowRecords
 from phoenix import schema
 from phoenix.config import Settings
@@ -45,11 +46,13 @@ class Classifier:
         per_record_us = (time.perf_counter_ns() - t0) / 1e3 / max(n, 1)
         now = time.time_ns()
         sent = records.keys.column("send_ts_ns").to_numpy()
+        malicious, detector = verdict_labels(scores >= scorer.threshold, records.context)
         cols = {name: records.keys.column(name) for name in records.keys.column_names if name != "send_ts_ns"}
         return pa.table({
             **cols,
             "score": pa.array(scores, pa.float32()),
-            "malicious": pa.array(scores >= scorer.threshold),
+            "malicious": pa.array(malicious),
+            "detector": detector,
             "threshold": pa.array(np.full(n, scorer.threshold, np.float32)),
             "model_version": pa.array([scorer.artifact.version] * n, pa.string()),
             "send_ts_ns": pa.array(sent, pa.int64()),

@@ -107,6 +107,7 @@ VERDICT_SCHEMA = pa.schema([
     ("last_seen_ns", pa.int64()),
     ("score", pa.float32()),          # P(malicious)
     ("malicious", pa.bool_()),
+    ("detector", pa.string()),        # what flagged it: "model", "port_scan", "host_scan", "syn_flood", joined by "+"
     ("threshold", pa.float32()),
     ("model_version", pa.string()),
     ("send_ts_ns", pa.int64()),
@@ -299,13 +300,18 @@ def eve_alerts(verdicts: pa.Table) -> dict[str, bytes]:
     iso = pa.array([_iso(v) for v in stamps.to_pylist()])
     ts = pc.take(iso, pc.index_in(c("verdict_ts_ns"), stamps))
     severity = pc.if_else(pc.greater_equal(c("score"), 0.99), "1", "2")
+    # the model's verdict keeps its signature; flows flagged only by a context detector name it
+    only_context = pc.invert(pc.starts_with(pc.fill_null(c("detector"), ""), "model"))
+    signature = pc.if_else(only_context,
+                           pc.binary_join_element_wise('"phoenix.context: ', c("detector"), '"', ""),
+                           '"phoenix.mlp: malicious flow"')
     parts = [
         '{"timestamp":"', ts, '","event_type":"alert","verdict_id":', text("verdict_id"),
         ',"device_id":', text("device_id"), ',"src_ip":', text("src_addr"), ',"src_port":', num(c("src_port")),
         ',"dest_ip":', text("dst_addr"), ',"dest_port":', num(c("dst_port")), ',"proto":', num(c("protocol")),
         ',"flow":{"start_ns":', num(c("first_seen_ns")), ',"end_ns":', num(c("last_seen_ns")),
-        '},"alert":{"signature":"phoenix.mlp: malicious flow","category":"Network traffic classified as malicious"'
-        ',"severity":', severity, ',"score":', num(c("score")), ',"threshold":', num(c("threshold")),
+        '},"alert":{"signature":', signature, ',"category":"Network traffic classified as malicious"'
+        ',"detector":', text("detector"), ',"severity":', severity, ',"score":', num(c("score")), ',"threshold":', num(c("threshold")),
         ',"model_version":', text("model_version"), '},"latency_ms":', num(c("latency_ms")), "}\n",
     ]
     lines = pc.binary_join_element_wise(*parts, "").combine_chunks()

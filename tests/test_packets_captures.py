@@ -131,3 +131,20 @@ def test_shipped_model_on_benign_iot_captures():
 
     doc = scan([str(p) for p in by_prefix("benign_")])
     assert doc["malicious_flows"] / doc["flows"] < 0.25, doc["per_file"]
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model yet")
+def test_shipped_model_and_context_flag_the_attack_captures():
+    """Scans, the SYN flood, brute force and SQL injection are flagged (docs/packets.md)."""
+    from capture.commands import scan
+
+    names = ["mal_scan_ndpi_nmap_synscan.pcap", "mal_scan_esnet_masscan_tcp_syn_0-1000.pcap",
+             "mal_dos_sv_syn_flood_443.pcap", "mal_bruteforce_zeek_ssh_sshguess.pcap",
+             "mal_web_ndpi_sqli_cicids2017.pcap"]
+    doc = scan([str(PCAPS / n) for n in names])
+    for n in names:
+        v = doc["per_file"][n]
+        assert v["malicious_flows"] / v["flows"] >= 0.9, (n, v)
+    # scans and floods come from the context detectors, the rest from the model
+    assert doc["per_file"]["mal_dos_sv_syn_flood_443.pcap"]["by_context"] == 200
+    assert doc["per_file"]["mal_bruteforce_zeek_ssh_sshguess.pcap"]["by_model"] == 11

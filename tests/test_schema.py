@@ -106,6 +106,7 @@ def test_eve_alerts_group_by_source_and_escape_strings():
         "first_seen_ns": np.full(n, 1), "last_seen_ns": np.full(n, 2),
         "score": pa.array([0.9, 0.2, 0.995, 0.7, 0.1, 0.6], pa.float32()),
         "malicious": [True, False, True, True, False, True],
+        "detector": ["model", "", "model+port_scan", "model", "", "syn_flood"],
         "threshold": pa.array(np.full(n, 0.5), pa.float32()), "model_version": ["v"] * n,
         "send_ts_ns": np.full(n, 1), "verdict_ts_ns": np.full(n, 1_700_000_000_123_456_789),
         "latency_ms": pa.array(np.full(n, 1.5), pa.float32()), "classify_us": pa.array(np.ones(n), pa.float32()),
@@ -119,6 +120,9 @@ def test_eve_alerts_group_by_source_and_escape_strings():
     e = next(e for e in events["10.0.0.2"] if e["verdict_id"] == 'id"2')
     assert e["device_id"] == "d\\1" and e["alert"]["severity"] == 1 and e["dest_port"] == 23
     assert e["timestamp"] == "2023-11-14T22:13:20.123457Z"
+    assert e["alert"]["signature"] == "phoenix.mlp: malicious flow" and e["alert"]["detector"] == "model+port_scan"
+    flood = next(e for e in events["10.0.0.2"] if e["verdict_id"] == 'id"5')
+    assert flood["alert"]["signature"] == "phoenix.context: syn_flood"
     assert schema.alert_routing_key("10.0.0.2") == "alert.10.0.0.2"
 
 
