@@ -26,7 +26,7 @@ from flows.context import context_stage
 from flows.decode import Decoder
 from flows.infer import Classifier, rebatch
 from flows.meter import meter_packets
-from flows.rabbitmq import DeadLetterSink, RequestStreamSource, VerdictSink
+from flows.rabbitmq import CaughtUp, DeadLetterSink, RequestStreamSource, VerdictSink
 from flows.records import FlowRecords
 from phoenix import schema
 from phoenix.config import Settings
@@ -42,7 +42,8 @@ def build(settings: Settings) -> Dataflow:
     decoded = op.flat_map_batch("decode", deliveries, Decoder(settings))
 
     by_kind = op.branch("is_records", decoded, lambda x: isinstance(x, FlowRecords))
-    rest = op.branch("is_packets", by_kind.falses, lambda x: isinstance(x, schema.Request))
+    # packet requests, and the sources' caught-up marks that drive the meter's clock
+    rest = op.branch("is_packets", by_kind.falses, lambda x: isinstance(x, schema.Request | CaughtUp))
     metered, meter_dead = meter_packets("meter", rest.trues, settings)
 
     judged = context_stage("context", metered, settings)

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.rabbitmq import Delivery
+from flows.rabbitmq import CaughtUp, Delivery
 from flows.records import KEY_SCHEMA, FlowRecords
 from phoenix import schema
 from phoenix.config import Settings
 
-Decoded = FlowRecords | schema.Request | bytes  # bytes: a dead-letter document
+Decoded = FlowRecords | schema.Request | CaughtUp | bytes  # bytes: a dead-letter document
 
 
 class Decoder:
@@ -26,14 +26,18 @@ class Decoder:
         self.max_bytes = settings.max_message_bytes
         self.worker = settings.worker_name
 
-    def __call__(self, deliveries: list[Delivery]) -> Iterable[Decoded]:
+    def __call__(self, deliveries: list[Delivery | CaughtUp]) -> Iterable[Decoded]:
         parts: list[tuple[Delivery, schema.Request, pa.Table, pa.Table]] = []
         for d in deliveries:
+            if isinstance(d, CaughtUp):
+                yield d  # for the flow meter's clock
+                continue
             try:
                 if len(d.body) > self.max_bytes:
                     raise schema.BadMessage("oversize", f"{len(d.body)} bytes > limit {self.max_bytes}")
                 req = schema.decode_request(d.body, d.content_type)
                 req.source = d.source
+                req.received_ns = d.received_ns
                 if req.kind == schema.KIND_PACKETS:
                     yield req
                     continue

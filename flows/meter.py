@@ -17,8 +17,8 @@ Model of a flow (nProbe's, which produced the NF-v2 training data)
   - the flow table is full: the least recently seen flows are exported early (counted in
     ``stats.evicted``); memory is bounded by ``max_flows`` whatever the traffic.
 * Expiry runs against a watermark per device: the newest packet time that device sent, or,
-  when the dataflow stage sees no packets, that time advanced by the wall-clock time since
-  (see :meth:`FlowMeter.expire`).
+  when the dataflow stage sees no packets, that time advanced by how long the device's
+  partition has been drained since (see :meth:`FlowMeter.expire`).
 
 Why it is vectorised
 --------------------
@@ -309,15 +309,25 @@ class FlowMeter:
         self.watermark_ns = I64_MIN
         self.dev_watermark_ns: list[int] = [I64_MIN]  # per device index: newest packet time
         self.dev_wall_ns: list[int] = [0]             # per device index: wall clock of its last batch
+        self.dev_stream: list[str] = [""]             # per device index: partition stream it came from
+        self.dev_recv_ns: list[int] = [0]             # per device index: when its last request was read
+        self.stream_drained_ns: dict[str, int] = {}   # newest CaughtUp mark per stream
         self._last_scan_ns = I64_MIN
         self._idle = int(self.config.idle_timeout_s * 1e9)
         self._active = int(self.config.active_timeout_s * 1e9)
         self._grace = int(self.config.close_grace_s * 1e9)
 
     # ------------------------------------------------------------------ public
+    def caught_up(self, stream: str, drained_ns: int) -> None:
+        """``stream`` had delivered everything published before ``drained_ns`` (source clock)."""
+        self.stream_drained_ns[stream] = max(self.stream_drained_ns.get(stream, 0), drained_ns)
+
     def add(self, pk: PacketBatch, *, device_id: str = "", send_ts_ns: int = 0,
-            expire: bool = True) -> list[FlowRecords]:
-        """Meter one batch; returns the flows it finished (possibly none)."""
+            expire: bool = True, stream: str = "", received_ns: int = 0) -> list[FlowRecords]:
+        """Meter one batch; returns the flows it finished (possibly none).
+
+        ``stream`` and ``received_ns`` say where and when the dataflow read the request; with
+        :meth:`caught_up` marks they make processing-time expiry safe when the dataflow lags."""
         out: list[FlowRecords] = []
         if len(pk):
             dev = self._dev_index.get(device_id)
@@ -326,6 +336,8 @@ class FlowMeter:
                 self.devices.append(device_id)
                 self.dev_watermark_ns.append(I64_MIN)
                 self.dev_wall_ns.append(0)
+                self.dev_stream.append("")
+                self.dev_recv_ns.append(0)
             rec = self._add(pk, dev, send_ts_ns)
             if rec is not None:
                 out.append(rec)
@@ -333,6 +345,8 @@ class FlowMeter:
             self.watermark_ns = max(self.watermark_ns, top)
             self.dev_watermark_ns[dev] = max(self.dev_watermark_ns[dev], top)
             self.dev_wall_ns[dev] = time.time_ns()
+            self.dev_stream[dev] = stream
+            self.dev_recv_ns[dev] = received_ns
         if expire:
             rec = self.expire(scan_every_ns=min(self._grace, NS_PER_MS * 500))
             if rec is not None:
@@ -349,7 +363,9 @@ class FlowMeter:
         partitions that are consumed at different paces, and one device running ahead in event
         time must not expire another device's live flows. ``now_ns`` overrides the watermarks
         (offline: end of capture). ``wall_advance`` (processing-time expiry when no packets
-        arrive) moves each device's watermark on by the wall time since its last packet.
+        arrive) moves each device's watermark on by how long its partition has been drained
+        since its last request was read (nothing newer from it exists, so its event time moved
+        at least that far); for a device with no such mark, by the wall time since its last packet.
         The scan is O(table), so it runs at most once per ``scan_every_ns`` of progress.
         """
         wm = np.array(self.dev_watermark_ns, dtype=np.int64)
@@ -357,7 +373,12 @@ class FlowMeter:
             wm[:] = now_ns
         elif wall_advance:
             seen = wm != I64_MIN
-            wm[seen] += np.maximum(0, time.time_ns() - np.array(self.dev_wall_ns, dtype=np.int64)[seen])
+            advance = time.time_ns() - np.array(self.dev_wall_ns, dtype=np.int64)
+            for d, stream in enumerate(self.dev_stream):
+                drained = self.stream_drained_ns.get(stream) if stream else None
+                if drained is not None:
+                    advance[d] = drained - self.dev_recv_ns[d]
+            wm[seen] += np.maximum(0, advance[seen])
         top = int(wm.max())
         if top == I64_MIN or top - self._last_scan_ns < scan_every_ns:
             return None
@@ -408,6 +429,7 @@ class FlowMeter:
             "devices": list(self.devices),
             "watermark_ns": self.watermark_ns,
             "dev_watermark_ns": list(self.dev_watermark_ns),
+            "dev_stream": list(self.dev_stream),
             "stats": self.stats.as_dict(),
         }
 
@@ -422,6 +444,9 @@ class FlowMeter:
         m.watermark_ns = snap["watermark_ns"]
         m.dev_watermark_ns = list(snap["dev_watermark_ns"])
         m.dev_wall_ns = [time.time_ns()] * len(m.devices)  # resume: wall time restarts now
+        # until new marks arrive, fall back to wall time (marks and read times are per process)
+        m.dev_stream = [""] * len(m.devices)
+        m.dev_recv_ns = [0] * len(m.devices)
         m.stats = MeterStats(**snap["stats"])
         if len(rows):
             m._put(rows)

@@ -11,8 +11,11 @@ items of kind ``packets`` and returns ``(flows, dead_letters)``:
   Bytewax routes keys to workers, so the flow table moves with its key across workers and
   processes, and ``snapshot`` (the shard's open flows) is what recovery restores;
 * a processing-time notification (``tick``) expires idle flows when no packets arrive: each
-  device's event-time watermark is advanced by the wall-clock time since its last packet
-  (watermarks are per device because partitions are consumed at different paces);
+  device's event-time watermark is advanced by the time its partition has been known to be
+  drained since the device's last request was read (the source's :class:`CaughtUp` marks,
+  sent to every shard), so a dataflow that lags its input never ends a flow whose packets
+  are still queued; without marks (in-process tests) by the wall time since its last packet.
+  Watermarks are per device because partitions are consumed at different paces;
 * finished flows leave as :class:`flows.records.FlowRecords` batches (one per shard wake-up,
   never single records: Bytewax costs microseconds per item).
 
@@ -36,6 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from capture.pcapio import PacketBatch, str_to_addr
 from flows.meter import FlowMeter, MeterConfig, canonical
+from flows.rabbitmq import CaughtUp
 from flows.records import FlowRecords
 from phoenix.schema import KIND_PACKETS, PACKET_SCHEMA, Request, dead_letter
 
@@ -46,12 +50,15 @@ TICK = timedelta(seconds=1)
 class ShardBatch:
     """The packets of one request that belong to one shard."""
 
-    __slots__ = ("device_id", "send_ts_ns", "packets")
+    __slots__ = ("device_id", "send_ts_ns", "packets", "stream", "received_ns")
 
-    def __init__(self, device_id: str, send_ts_ns: int, packets: PacketBatch) -> None:
+    def __init__(self, device_id: str, send_ts_ns: int, packets: PacketBatch, stream: str = "",
+                 received_ns: int = 0) -> None:
         self.device_id = device_id
         self.send_ts_ns = send_ts_ns
         self.packets = packets
+        self.stream = stream
+        self.received_ns = received_ns
 
 
 def packets_of(req: Request) -> PacketBatch:
@@ -91,14 +98,17 @@ def shard_packets(req: Request, shards: int) -> list[tuple[str, ShardBatch]]:
     if not len(pk):
         return []
     shard = (canonical(pk)["key"] % np.uint64(shards)).astype(np.int64)
+    def batch(p: PacketBatch) -> ShardBatch:
+        return ShardBatch(req.device_id, req.send_ts_ns, p, req.stream, req.received_ns)
+
     if (shard == shard[0]).all():
-        return [(f"meter-{int(shard[0])}", ShardBatch(req.device_id, req.send_ts_ns, pk))]
+        return [(f"meter-{int(shard[0])}", batch(pk))]
     order = np.argsort(shard, kind="stable")  # stable: packets keep their time order per shard
     s_sorted = shard[order]
     cuts = np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1
     out = []
     for idx in np.split(order, cuts):
-        out.append((f"meter-{int(shard[idx[0]])}", ShardBatch(req.device_id, req.send_ts_ns, pk.take(idx))))
+        out.append((f"meter-{int(shard[idx[0]])}", batch(pk.take(idx))))
     return out
 
 
@@ -108,16 +118,25 @@ class _MeterLogic(StatefulBatchLogic):
     def __init__(self, meter: FlowMeter) -> None:
         self.meter = meter
 
-    def on_batch(self, values: list[ShardBatch]) -> tuple[list[FlowRecords], bool]:
+    def on_batch(self, values: list[ShardBatch | CaughtUp]) -> tuple[list[FlowRecords], bool]:
         # One meter call per device per wake-up: a call has ~1 ms of fixed numpy overhead, so
         # many small shard batches are merged first (a device's packets stay in order).
         by_dev: dict[str, list[ShardBatch]] = {}
+        marks = False
         for sb in values:
-            by_dev.setdefault(sb.device_id, []).append(sb)
+            if isinstance(sb, CaughtUp):
+                self.meter.caught_up(sb.stream, sb.drained_ns)
+                marks = True
+            else:
+                by_dev.setdefault(sb.device_id, []).append(sb)
         out: list[FlowRecords] = []
         for dev, sbs in by_dev.items():
             pk = PacketBatch.concat([sb.packets for sb in sbs])
-            out.extend(self.meter.add(pk, device_id=dev, send_ts_ns=max(sb.send_ts_ns for sb in sbs)))
+            out.extend(self.meter.add(pk, device_id=dev, send_ts_ns=max(sb.send_ts_ns for sb in sbs),
+                                      stream=sbs[-1].stream, received_ns=sbs[-1].received_ns))
+        if marks and self.meter.open_flows:
+            rec = self.meter.expire(wall_advance=True)
+            out.extend([rec] if rec is not None else [])
         return _batch(out), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[FlowRecords], bool]:
@@ -164,7 +183,9 @@ def meter_packets(step_id: str, packets: Stream[Request], settings: object) -> t
     per_shard = replace(cfg, max_flows=max(1024, cfg.max_flows // shards))
     worker = str(getattr(settings, "worker_name", "") or "")
 
-    def split(req: Request) -> list[tuple[str, object]]:
+    def split(req: Request | CaughtUp) -> list[tuple[str, object]]:
+        if isinstance(req, CaughtUp):  # every shard may hold flows of that stream's devices
+            return [("ok", (f"meter-{i}", req)) for i in range(shards)]
         try:
             return [("ok", kv) for kv in shard_packets(req, shards)]
         except ValueError as exc:

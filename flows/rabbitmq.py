@@ -41,7 +41,20 @@ class Delivery:
         return f"{self.stream}@{self.offset}"
 
 
-class _StreamPartition(StatefulSourcePartition[Delivery, int]):
+@dataclass(frozen=True)
+class CaughtUp:
+    """A partition had nothing left to deliver at ``drained_ns``: every request its devices
+    published before then has entered the dataflow. The flow meter uses it to let a quiet
+    device's event time advance without splitting the flows of one whose requests still queue."""
+
+    stream: str
+    drained_ns: int
+
+
+CAUGHT_UP_EVERY_NS = 250_000_000
+
+
+class _StreamPartition(StatefulSourcePartition[Delivery | CaughtUp, int]):
     def __init__(self, settings: Settings, stream: str, resume_offset: int | None) -> None:
         self.settings = settings
         self.stream = stream
@@ -54,6 +67,7 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
         self._awake: datetime | None = None
         self._retry_delay = 0.2
         self._max_wait_ns = int(settings.batch_max_wait_ms * 1e6)
+        self._caught_up_ns = 0
 
     def _start_offset(self):
         if self.last_emitted is not None:
@@ -83,7 +97,7 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
             return  # a stream may resend the chunk holding the start offset
         self._buffer.append(Delivery(self.stream, int(offset), body, props.content_type, time.time_ns()))
 
-    def next_batch(self) -> list[Delivery]:
+    def next_batch(self) -> list[Delivery | CaughtUp]:
         try:
             if self._ch is None:
                 self._connect()
@@ -100,6 +114,10 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
             return []
         if not self._buffer:
             self._awake = datetime.now(UTC) + timedelta(milliseconds=1)
+            now = time.time_ns()
+            if now - self._caught_up_ns >= CAUGHT_UP_EVERY_NS:
+                self._caught_up_ns = now
+                return [CaughtUp(self.stream, now)]
             return []
         # Hold a small batch back until it is big enough or old enough: bounded by size and time.
         if len(self._buffer) < 64 and time.time_ns() - self._buffer[0].received_ns < self._max_wait_ns:
@@ -126,8 +144,9 @@ class _StreamPartition(StatefulSourcePartition[Delivery, int]):
         self._drop()
 
 
-class RequestStreamSource(FixedPartitionedSource[Delivery, int]):
-    """Reads the ``phoenix.requests.<p>`` streams, one Bytewax partition each."""
+class RequestStreamSource(FixedPartitionedSource[Delivery | CaughtUp, int]):
+    """Reads the ``phoenix.requests.<p>`` streams, one Bytewax partition each; while a partition
+    is drained it also emits a :class:`CaughtUp` mark every 250 ms."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -137,6 +137,11 @@ class Request:
     send_ts_ns: int
     table: pa.Table
     source: str = ""  # where it was read: "<stream>@<offset>", for dead letters and verdict ids
+    received_ns: int = 0  # when the dataflow read it (its source's clock)
+
+    @property
+    def stream(self) -> str:
+        return self.source.rpartition("@")[0]
 
 
 # --------------------------------------------------------------------------- requests

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -90,6 +92,26 @@ def test_idle_flows_expire_on_processing_time_without_new_packets(monkeypatch):
     run_main(build(items, flows_out=flows))
     rec = FlowRecords.concat(flows)
     assert len(rec) == 2, rec.keys.to_pylist()
+
+
+@pytest.mark.parametrize("drained", [False, True])
+def test_a_lagging_dataflow_does_not_split_flows(monkeypatch, drained):
+    """Same wall-time gap, but the source's marks say whether the stream was drained in between:
+    if it was not (the dataflow lags, the next request still queues), the flow stays whole."""
+    from flows.rabbitmq import CaughtUp
+
+    monkeypatch.setenv("PHOENIX_METER_IDLE_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("PHOENIX_METER_SHARDS", "2")
+    t = 1_700_000_000 * 10**9
+    first, second = _udp_req(t, 0), _udp_req(t + 10_000_000, 1)
+    read_at = time.time_ns()
+    for i, r in enumerate((first, second)):
+        r.source, r.received_ns = f"s.0@{i}", read_at + i
+    mark = CaughtUp("s.0", read_at + (2 * 10**9 if drained else -1))
+    items = [first, mark, TestingSource.PAUSE(timedelta(seconds=2.5)), mark, second]
+    flows: list = []
+    run_main(build(items, flows_out=flows))
+    assert len(FlowRecords.concat(flows)) == (2 if drained else 1)
 
 
 def test_recovery_resumes_flow_state(tmp_path, monkeypatch):
