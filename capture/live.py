@@ -61,9 +61,10 @@ def _kernel_stats(sock: socket.socket) -> tuple[int, int]:
 def capture(iface: str, *, bpf: str | None = None, batch: int = 1024, max_wait_s: float = 0.05,
             duration_s: float | None = None, max_packets: int | None = None, device: str | None = None,
             publish: Callable[[str, bytes, str], None] | None = None, queue_batches: int = 64,
-            stop: threading.Event | None = None, report_s: float = 5.0) -> CaptureStats:
+            stop: threading.Event | None = None, report_s: float = 5.0,
+            ready: threading.Event | None = None) -> CaptureStats:
     """Capture until ``duration_s``, ``max_packets`` or ``stop``; ``publish(key, body, type)``
-    sends one request (None: decode and count only)."""
+    sends one request (None: decode and count only). ``ready`` is set once the socket listens."""
     import logging
 
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # "unable to guess type" on lo is noise
@@ -78,6 +79,8 @@ def capture(iface: str, *, bpf: str | None = None, batch: int = 1024, max_wait_s
         pass
     ins.setblocking(False)
     loopback = iface == "lo" or iface.startswith("lo:")
+    if ready is not None:
+        ready.set()
     st = CaptureStats()
     q: queue.Queue = queue.Queue(maxsize=queue_batches)
     done = threading.Event()

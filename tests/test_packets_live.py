@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 
 import pytest
 
@@ -21,9 +20,10 @@ def test_capture_on_loopback_publishes_decoded_batches():
     rx.bind(("127.0.0.1", 0))
     port = rx.getsockname()[1]
     bodies: list[bytes] = []
+    listening = threading.Event()
 
     def send() -> None:
-        time.sleep(0.4)  # let the capture socket open first
+        assert listening.wait(30)  # the capture socket is open: nothing sent before it is lost
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for i in range(40):
             tx.sendto(b"p" * i, ("127.0.0.1", port))
@@ -32,7 +32,7 @@ def test_capture_on_loopback_publishes_decoded_batches():
     t = threading.Thread(target=send)
     t.start()
     st = capture("lo", bpf=f"udp and dst port {port}", batch=16, max_wait_s=0.05, duration_s=1.5,
-                 device="lo-test", publish=lambda key, body, ct: bodies.append(body))
+                 device="lo-test", publish=lambda key, body, ct: bodies.append(body), ready=listening)
     t.join()
     rx.close()
     assert st.frames == 40 and st.packets == 40, st.as_dict()  # loopback's outgoing copies skipped
