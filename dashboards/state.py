@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 RECENT_COLUMNS = ("verdict_ts_ns", "device_id", "src_addr", "src_port", "dst_addr", "dst_port",
                   "protocol", "score", "malicious", "latency_ms", "worker", "verdict_id")
-ALERT_FIELDS = ("timestamp", "severity", "score", "src_ip", "src_port", "dest_ip", "dest_port",
+ALERT_FIELDS = ("timestamp", "severity", "detector", "score", "src_ip", "src_port", "dest_ip", "dest_port",
                 "proto", "device_id", "model_version", "latency_ms", "verdict_id")
 
 
@@ -347,6 +347,7 @@ def _flatten_alert(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "timestamp": str(doc.get("timestamp", "")),
         "severity": int(alert.get("severity", 0) or 0),
+        "detector": str(alert.get("detector", "model") or ""),
         "score": float(alert.get("score", 0.0) or 0.0),
         "src_ip": str(doc.get("src_ip", "")),
         "src_port": int(doc.get("src_port", 0) or 0),
