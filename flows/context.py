@@ -198,6 +198,13 @@ class ContextDetector:
         last[:-1] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
         keep = order[last]
         keep = keep[self._ts[keep] >= self.now_ns - self._windows[self._kind[keep]]]
+        # A key needs only its newest `threshold` targets to be judged: a flood's thousands of
+        # flows then cost 100 entries and cannot push other keys' evidence out of the table.
+        by_key = keep[np.lexsort((self._ts[keep], self._key[keep]))]
+        k = self._key[by_key]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        ends = np.repeat(np.r_[starts[1:], len(k)], np.diff(np.r_[starts, len(k)]))
+        keep = by_key[ends - np.arange(len(k)) <= self._thresholds[self._kind[by_key]]]
         if len(keep) > self.config.max_entries:
             self.stats.entries_dropped += len(keep) - self.config.max_entries
             keep = np.sort(keep[np.argsort(self._ts[keep], kind="stable")[-self.config.max_entries:]])

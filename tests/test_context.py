@@ -149,3 +149,17 @@ def test_dataflow_stage_judges_a_real_scan_like_offline(batches):
     got = judged(out)
     assert len(got) == len(rec) == 1994
     assert all(v & PORT_SCAN for v in got.values())
+
+
+def test_a_flood_keeps_only_threshold_entries_per_key():
+    """Evidence is capped per key, so a flood cannot push a scan's evidence out of the table."""
+    det = ContextDetector(ContextConfig(flood_flows=100, port_scan_ports=15, max_entries=2000))
+    det.add(flows([("10.0.0.9", "10.0.0.1", p, 0, SYN_ONLY) for p in range(10)], tag="s"))
+    flood = flows([("198.51.0.1", "10.0.0.2", 443, i * 1e-4, SYN_ONLY) for i in range(5000)], tag="f")
+    det.add(flood)
+    snap = det.snapshot()
+    # flood entries: 100 for the flooded service, 1 for each port the scan touched
+    assert np.bincount(snap["kind"], minlength=3)[2] == 100 + 10 and det.stats.entries_dropped == 0
+    # the scan's first ten probes still count: five more ports cross its threshold
+    out = det.add(flows([("10.0.0.9", "10.0.0.1", p, 1, SYN_ONLY) for p in range(10, 15)], tag="t"))
+    assert sum(int((o.context & PORT_SCAN).astype(bool).sum()) for o in out) == 15
