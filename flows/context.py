@@ -18,8 +18,9 @@ model, with Zeek's scan policy as the model for thresholds:
 
 Probe flows wait in the detector up to ``hold_s`` of processing time, so the first probes of a
 scan are flagged with the rest once the threshold is crossed; every other flow goes straight on.
-Windows run in event time (flow start). State is bounded: at most ``max_entries`` distinct
-(key, target) entries (oldest dropped first, counted) and ``max_held`` waiting flows.
+Windows run in event time (flow start). State is bounded: a key keeps its newest
+threshold-many targets, at most ``max_entries`` (key, target) entries in all (oldest dropped
+first, counted) and ``max_held`` waiting flows.
 Offline (``phoenix scan``) nothing expires by wall time: a capture's flows are judged once all
 of it is read.
 """
