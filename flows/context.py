@@ -27,8 +27,7 @@ of it is read.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.records import FlowRecords
+from phoenix.config import stage_config_values
 from phoenix.schema import FEATURES
 
 PORT_SCAN, HOST_SCAN, SYN_FLOOD = 1, 2, 4
@@ -62,19 +62,7 @@ class ContextConfig:
 
     @classmethod
     def from_env(cls, settings: object | None = None) -> ContextConfig:
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = os.environ.get(f"PHOENIX_CONTEXT_{f.name.upper()}",
-                                 getattr(settings, f"context_{f.name}", None) if settings is not None else None)
-            if raw is None:
-                continue
-            if f.type in ("bool", bool):
-                values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = float(raw)
-        return cls(**values)
+        return cls(**stage_config_values(cls, "PHOENIX_CONTEXT_", settings, "context_"))
 
 
 def probe_kinds(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -34,10 +34,9 @@ The table itself is preallocated columns indexed by slot, with a Python dict key
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -83,22 +82,9 @@ class MeterConfig:
 
     @classmethod
     def from_env(cls, settings: object | None = None, **overrides: object) -> MeterConfig:
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = getattr(settings, f"meter_{f.name}", None) if settings is not None else None
-            env = os.environ.get(f"PHOENIX_METER_{f.name.upper()}")
-            if env is not None:
-                raw = env
-            if raw is None:
-                continue
-            if f.type in ("bool", bool):
-                values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("str", str):
-                values[f.name] = str(raw)
-            else:
-                values[f.name] = float(raw)
+        from phoenix.config import stage_config_values
+
+        values = stage_config_values(cls, "PHOENIX_METER_", settings, "meter_")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

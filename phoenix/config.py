@@ -22,6 +22,26 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def stage_config_values(cls: type, env_prefix: str, settings: object | None, attr_prefix: str) -> dict[str, object]:
+    """Field values for a stage's frozen config dataclass: ``settings.<attr_prefix><field>`` if
+    set, overridden by the environment variable ``<env_prefix><FIELD>``; typed by the field."""
+    values: dict[str, object] = {}
+    for f in fields(cls):
+        raw = getattr(settings, f"{attr_prefix}{f.name}", None) if settings is not None else None
+        raw = os.environ.get(f"{env_prefix}{f.name.upper()}", raw)
+        if raw is None:
+            continue
+        if f.type in ("bool", bool):
+            values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
+        elif f.type in ("int", int):
+            values[f.name] = int(raw)
+        elif f.type in ("str", str):
+            values[f.name] = str(raw)
+        else:
+            values[f.name] = float(raw)
+    return values
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"PHOENIX_{name}", default)
 
