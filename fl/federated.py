@@ -48,11 +48,21 @@ def simulate(cfg: dict[str, Any], *, cpus: int = 2, quiet: bool = True) -> dict[
     return dict(server_app.LAST_RUN)
 
 
+def _auto(value: Any) -> Any:
+    return "auto" if value is None else value
+
+
 def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[str, Any]:
     return {
         "strategy": args.strategy, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
-        "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu, "lr": args.lr,
+        "data-dir": os.path.abspath(args.data), "orgs": args.orgs, "proximal-mu": args.proximal_mu, "lr": _auto(args.lr),
         "balanced": not getattr(args, "unbalanced", False),
+        # None (flag not given) -> "auto": the strategy's recipe (fl.server_app.RECIPES).
+        **{key: _auto(getattr(args, attr, None)) for key, attr in (
+            ("class-balance", "class_balance"), ("local-steps", "local_steps"), ("local-optimizer", "local_optimizer"),
+            ("local-momentum", "local_momentum"), ("server-lr", "server_lr"),
+            ("server-momentum", "server_momentum"), ("server-tau", "server_tau"))},
+        "keep-optimizer": getattr(args, "keep_optimizer", False), "local-batch": getattr(args, "local_batch", 0),
         "weighting": getattr(args, "weighting", "none"), "select": getattr(args, "select", "unweighted"),
         "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
         "max-rows": args.max_rows, "seed": args.seed, "out": out, "results": results, "name": args.name,
@@ -60,7 +70,7 @@ def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[s
 
 
 def run_from_args(args: argparse.Namespace, log: Progress) -> int:
-    from fl import baselines, data
+    from fl import baselines, data, server_app
     from fl.runner import save_results
 
     out = args.out if args.out is not None else str(DEFAULT_MODEL)
@@ -70,7 +80,9 @@ def run_from_args(args: argparse.Namespace, log: Progress) -> int:
         args.name = args.name or f"{args.strategy}-without-{args.holdout}"
         out = args.out or ""
     t0 = time.time()
-    log(f"federated {args.strategy}: {args.rounds} rounds x {args.local_epochs} local epochs, "
+    steps = args.local_steps if args.local_steps is not None else server_app.recipe(args.strategy)["local-steps"]
+    work = f"{steps} local step{'s' * (steps != 1)}" if steps else f"{args.local_epochs} local epochs"
+    log(f"federated {args.strategy}: {args.rounds} rounds x {work}, "
         f"organisations {args.orgs} (Flower simulation runtime, in-process)")
     summary = simulate(config_from_args(args, out, args.results))
     total = time.time() - t0

@@ -12,7 +12,7 @@ from typing import Any
 
 from fl.data import ORG_TITLES, ORGS
 
-STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "scaffold")
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "scaffold", "fedadam")
 # REFERENCE.md: published F1 (%), mean of 30 runs, each organisation's own test split
 # (its splits were taken after duplicates leaked between train and test; ToN was dropped).
 REFERENCE = {
@@ -42,6 +42,14 @@ def _row(cells: list[str]) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
+
+
+def local_work(r: dict) -> str:
+    """``20 × 2 epochs`` or ``600 × 10 steps``: rounds times the local work of each round."""
+    steps = int(r.get("config", {}).get("local-steps", 0) or 0)
+    if steps > 0:
+        return f"{r['rounds']} × {steps} step{'s' * (steps != 1)}"
+    return f"{r['rounds']} × {r['local_epochs']} epochs"
 
 
 def federated_runs(runs: dict[str, dict]) -> list[str]:
@@ -146,23 +154,26 @@ def duplicate_weighted(artifacts: dict[str, str], data_dir: str | Path | None = 
     return rows
 
 
-def _shipped() -> dict[str, Any]:
+def _shipped(path: str | Path | None = None) -> dict[str, Any]:
     try:
         from fl.model import load_artifact
         from phoenix.config import DEFAULT_MODEL
 
-        art = load_artifact(DEFAULT_MODEL)
+        art = load_artifact(path or DEFAULT_MODEL)
         return {"threshold": art.threshold, **art.provenance}
     except (OSError, ValueError, KeyError):
         return {}
 
 
-def write_report(results_dir: str | Path = "docs/results", out: str | Path = "docs/training.md") -> Path:
+def write_report(results_dir: str | Path = "docs/results", out: str | Path = "docs/training.md",
+                 shipped_model: str | Path | None = None, central_model: str | Path | None = None) -> Path:
+    """Write the report; ``shipped_model`` (default ``models/phoenix.pt``) is the artifact reported as
+    shipped, ``central_model`` (default ``runs/candidates/centralized.pt``) the centralized one."""
     results, out = Path(results_dir), Path(out)
     img = out.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     runs = _load(results)
-    shipped = _shipped()
+    shipped = _shipped(shipped_model)
     lines = [
         "# Training report",
         "",
@@ -186,6 +197,18 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
         "per organisation (BoT-IoT is 97 % attacks, CSE-CIC 10 %); FedProx adds μ/2·‖w − w_global‖² on every "
         "batch with w_global frozen at the round start (μ = 0.01); SCAFFOLD (`fl/scaffold.py`, an extra "
         "strategy on top of Flower's FedAvg) adds server/node control variates against client drift.",
+        "- **Shipped recipe: server-side Adam over local SGD** (`--strategy fedadam`, Flower's `FedAdam`, "
+        "Reddi et al. 2021; `fedyogi` and `fedavgm` take the same recipe): before round 1 the server asks every "
+        "node for its class totals (a *query* message; two numbers per node) and sends the pooled class weights "
+        "with every round (`--class-balance global`: the nodes' losses add up to one globally balanced loss, "
+        "not re-normalised per node); each node takes one plain SGD step (lr 0.05, a batch of 512 of its rows, "
+        "no momentum) from the global model; the server averages the updates weighted by training examples, "
+        "which for plain SGD is the gradient of the pooled objective on a 4 × 512-row batch, and applies Adam "
+        "to it (η = 0.002 with cosine decay over 2000 rounds, β₁ 0.9, β₂ 0.99, τ 1e-6): centralized Adam, "
+        "with each organisation computing its share of every batch. Local AdamW instead normalises each node's update on "
+        "its own, so the average drifts towards the nodes' own optima whatever the weights. Other options: "
+        "`--keep-optimizer` (each node keeps its optimizer moments in its Flower `Context.state` across "
+        "rounds), `--local-steps N` (batches per round instead of epochs), `--local-optimizer sgd|adamw`.",
         "- **Threshold and model selection on validation only**: each node returns TP/FP/FN/TN of its "
         "validation and test splits at 181 candidate thresholds (counts, never rows); the server picks the "
         "threshold maximising the mean per-organisation validation F1, and keeps the round with the best "
@@ -234,7 +257,7 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
             runs[k]["val"])
     for s in federated_runs(runs):
         r = runs[s]
-        add(f"{s}, {r['rounds']} rounds × {r['local_epochs']} epochs (round {r.get('best_round')})", r["test"], r["val"])
+        add(f"{s}, {local_work(r).replace(' × ', ' rounds × ', 1)} (round {r.get('best_round')})", r["test"], r["val"])
     ship_test = shipped.get("metrics", {}).get("test", {}) if shipped else {}
     if shipped:
         add(f"**shipped `models/phoenix.pt`** ({shipped.get('strategy')}, {shipped.get('version')})",
@@ -253,6 +276,48 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
                   "measured on test sets sharing most feature vectors with training; on "
                   "de-duplicated splits a random forest trained on the pooled rows (a sanity check run during "
                   "development, not part of the suite) reached 99.65 / 97.18 / 93.69 / 94.05.", ""]
+
+    # ---- issue 3: closing the gap to centralized
+    gap_runs = [k for k in ("fedmedian-r60", "fedmedian-gbal-r60", "fedavg-gbal-r60", "fedavg-gbal-keepopt-r60",
+                            "fedavg-gbal-keepopt-s10-r300", "fedadam-sgd-s10-r300-eta1e-2",
+                            "fedadam-sgd-s10-r600-eta1e-2", "fedadam-sgd-s10-r1000-eta1e-2",
+                            "fedadam-sgd-s10-b128-r600", "fedadam-sgd-s1-r2000-eta2e-3",
+                            "fedadam-sgd-s2-r1500-eta2e-3") if k in runs]
+    if central and gap_runs:
+        lines += ["## Closing the gap to centralized", "",
+                  "Tried in this order, each a full four-organisation federation; the validation mean F1 chose; "
+                  "test F1 with its difference to centralized in brackets (points). Centralized trains the pooled "
+                  "rows with a plain (unbalanced) loss; pooled, 45.8 % of the training rows are attacks, so the "
+                  "global class weights are close to 1 (0.92 / 1.09): global balancing mostly removes the per-node "
+                  "re-weighting. Under FedMedian, which ignores example counts, it cost 7 points of validation "
+                  "mean; under FedAvg with local AdamW it stays below the FedMedian 60 × 2 run, and keeping each "
+                  "node's AdamW moments across rounds and taking 10 steps per round help a little, but the global "
+                  "model still swings from round to round (client drift). Server-side Adam over plain local SGD "
+                  "steps is the first to converge, and improves with rounds. With one local step per round it is "
+                  "centralized Adam on a 4 × 512-row batch (one batch per organisation); it reaches the centralized "
+                  "validation mean but its per-round scores swing by 1–2 points, so the single round that "
+                  "validation picks is partly luck. Validation ranks the one-step run first (95.59 at its chosen "
+                  "round; 95.33 averaged over its last 10 % of rounds, against 95.15 for two steps × 1500 rounds), "
+                  "so it ships and misses the 1-point target on UNSW-NB15 by 0.21; the two-step run is within 1 "
+                  "point on all four test splits, but choosing it for that would be choosing on test. The "
+                  "20-round run of the shipped recipe (`fedadam` above) took 21 s; the 2000 rounds about 14 min.",
+                  ""]
+        rows = []
+        for k in gap_runs:
+            r = runs[k]
+            cells = [k, local_work(r), mean_f1(r["val"])]
+            for o in ORGS:
+                if o in r["test"] and o in central["test"]:
+                    d = (r["test"][o]["f1"] - central["test"][o]["f1"]) * 100
+                    cells.append(f"{_pct(r['test'][o]['f1'])} ({d:+.2f})")
+                else:
+                    cells.append("–")
+            cells.append(f"{r.get('wall_total_s', r['wall_s']):.0f}")
+            rows.append(cells)
+        rows.append(["centralized", f"{central.get('epochs', '')} epochs", mean_f1(central["val"]),
+                     *(_pct(central["test"][o]["f1"]) for o in ORGS), f"{central.get('wall_s', 0):.0f}"])
+        lines += _table(["run", "rounds × local work", "validation mean", *(ORG_TITLES[o] for o in ORGS), "wall (s)"],
+                        rows)
 
     # ---- full metrics of every approach
     lines += ["## All metrics at the validation-chosen threshold (test splits, %)", ""]
@@ -278,8 +343,8 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
                   "every damping (none 91.08, sqrt 89.98, log 89.10, count 88.16); raw counts raise the weighted "
                   "validation mean, mostly through a few very frequent ToN-IoT validation vectors, while UNSW-NB15 "
                   "drops 12 points. Centralized with raw counts (`centralized-wcount`): validation mean 94.60 "
-                  "against 95.58 unweighted. More rounds with fewer local epochs helped instead: 60 × 2 has the "
-                  "best validation mean and ships.", ""]
+                  "against 95.58 unweighted. More rounds with fewer local epochs helped instead (60 × 2 had the "
+                  "best validation mean of these FedMedian runs), and then server-side Adam (next section).", ""]
         rows = []
         for label, r in wruns:
             rows.append([label, *(f"{_pct(r['test'][o]['f1'])} / {_pct(r['test_weighted'][o]['f1'])}"
@@ -303,7 +368,7 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
         lines += ["Centralized, for comparison:", "", f"![confusion centralized](img/{name})", ""]
 
     # ---- duplicate-weighted test F1
-    arts = {"shipped": "models/phoenix.pt", "centralized": "runs/candidates/centralized.pt"}
+    arts = {"shipped": str(shipped_model or "models/phoenix.pt"), "centralized": str(central_model or "runs/candidates/centralized.pt")}
     if all(Path(p).exists() for p in arts.values()):
         lines += ["## Test F1 weighted by how often each flow repeats (%)", "",
                   "The same de-duplicated test rows, each counted as often as it occurs in the raw file (an "
@@ -318,8 +383,8 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
     timed = [(s, runs[s]) for s in federated_runs(runs)]
     if timed:
         lines += ["## Wall time (2-core machine, shared with other jobs while these ran)", ""]
-        lines += _table(["run", "rounds × local epochs", "federation (s)", "whole command (s)"],
-                        [[s, f"{r['rounds']} × {r['local_epochs']}", f"{r['wall_s']:.0f}",
+        lines += _table(["run", "rounds × local work", "federation (s)", "whole command (s)"],
+                        [[s, local_work(r), f"{r['wall_s']:.0f}",
                           f"{r.get('wall_total_s', r['wall_s']):.0f}"] for s, r in timed])
 
     # ---- local cross matrix
@@ -398,13 +463,15 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
         "python -m fl.experiments            # the whole suite above, results in docs/results/",
         "phoenix train --report              # this file and docs/img/",
         "phoenix train --strategy centralized --epochs 60 --out runs/candidates/centralized.pt",
-        f"phoenix train --strategy {shipped.get('strategy', 'scaffold')} --rounds {shipped.get('rounds', 20)} "
-        f"--local-epochs {shipped.get('local_epochs', 2)}     # writes models/phoenix.pt",
+        f"phoenix train --strategy {shipped.get('strategy', 'fedadam')} --rounds {shipped.get('rounds', 2000)}"
+        "     # writes models/phoenix.pt (the strategy's recipe: fl/server_app.py RECIPES)",
+        "python -m fl.experiments --only fedopt   # the runs of 'Closing the gap to centralized'",
         "# multiplicity-weighted loss (results fedmedian-e4-w<weighting>), and more rounds / fewer epochs:",
-        "phoenix train --rounds 20 --local-epochs 4 --weighting {none,log,sqrt,count} --name fedmedian-e4-w<w> "
-        "--out /tmp/c.pt",
+        "phoenix train --strategy fedmedian --rounds 20 --local-epochs 4 --weighting {none,log,sqrt,count} "
+        "--name fedmedian-e4-w<w> --out /tmp/c.pt",
         "phoenix train --strategy centralized --weighting count --out /tmp/centralized-wcount.pt",
-        "phoenix train --rounds 40 --local-epochs 2 --name fedmedian-r40-e2 --out /tmp/c.pt   # also r40-e4",
+        "phoenix train --strategy fedmedian --rounds 40 --local-epochs 2 --name fedmedian-r40-e2 --out /tmp/c.pt"
+        "   # also r40-e4, and --rounds 60 (fedmedian-r60)",
         "phoenix evaluate --model models/phoenix.pt --data ../shared/data/nf/NF-UNSW-NB15-v2.parquet --json",
         "flwr run . --stream                 # the same apps through Flower's own simulation runtime",
         "```",
@@ -441,7 +508,8 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
         "reads the full list in `fl/server_app.py` (`DEFAULTS`).",
         "",
         "Each SuperNode reads only its own file; what crosses the network is model weights, the number of "
-        "training examples and per-threshold confusion counts. `tests/test_fl_deployment.py` runs this with "
+        "training examples, per-threshold confusion counts and (once, with `class-balance = global`) each "
+        "node's two class totals. `tests/test_fl_deployment.py` runs this with "
         "two organisations for two rounds.",
         "",
     ]

@@ -47,8 +47,20 @@ def _clean(obj: Any) -> Any:
 def save_results(results_dir: str | Path, name: str, doc: dict) -> Path:
     path = Path(results_dir) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(doc), indent=1))
+    # Long federations (hundreds of rounds) keep, per round, only what the report plots: each
+    # organisation's F1; the chosen round's full metrics are in the document's top level.
+    long = len(doc.get("history", [])) > 100
+    if long:
+        doc = {**doc, "history": [_slim(h) for h in doc["history"]]}
+    path.write_text(json.dumps(_clean(doc), indent=None if long else 1, separators=(",", ":") if long else None))
     return path
+
+
+def _slim(entry: dict) -> dict:
+    out = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in entry.items() if k != "orgs"}
+    out["orgs"] = {org: {split: {"f1": round(float(m[split]["f1"]), 5)} for split in ("val", "test") if split in m}
+                   for org, m in entry.get("orgs", {}).items()}
+    return out
 
 
 def provenance(strategy: str, orgs: dict[str, data.OrgData], *, rounds: int, local_epochs: int,
@@ -68,11 +80,18 @@ def provenance(strategy: str, orgs: dict[str, data.OrgData], *, rounds: int, loc
     }
 
 
+def _lr(args: argparse.Namespace) -> float:
+    """Centralized and local-only baselines train with AdamW at ``--lr`` (default 1e-3)."""
+    from fl.task import LR
+
+    return LR if getattr(args, "lr", None) is None else float(args.lr)
+
+
 def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     orgs = data.load_orgs(args.data, _orgs_arg(args.orgs), max_rows=args.max_rows)
     t0 = time.time()
     weighting = getattr(args, "weighting", "none")
-    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=args.lr, progress=log,
+    model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=_lr(args), progress=log,
                                         weighting=weighting)
     wall = time.time() - t0
     val = baselines.evaluate_orgs(model, orgs, thr, "val")
@@ -104,7 +123,7 @@ def run_local(args: argparse.Namespace, log: Progress) -> int:
     matrix: dict[str, dict[str, dict]] = {}
     t0 = time.time()
     for name, d in orgs.items():
-        model, thr, _ = baselines.fit({name: d}, {name: d}, args.epochs, seed=args.seed, lr=args.lr, progress=log,
+        model, thr, _ = baselines.fit({name: d}, {name: d}, args.epochs, seed=args.seed, lr=_lr(args), progress=log,
                                       label=f"local:{name}", eval_every=5)
         matrix[name] = baselines.evaluate_orgs(model, orgs, thr, "test")
         log(f"local model of {name}: test F1 " + " ".join(f"{o}={m['f1'] * 100:.2f}" for o, m in matrix[name].items()))

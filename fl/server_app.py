@@ -18,20 +18,24 @@ no row leaves a node, and test data never chooses anything.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
+    FedYogi,
     MultiKrum,
     Strategy,
 )
@@ -41,15 +45,28 @@ from fl.data import ORGS
 from fl.scaffold import Scaffold
 
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 60,
-    "local-epochs": 2,
-    "strategy": "fedmedian",
+    "num-server-rounds": 2000,
+    "local-epochs": 2,            # used when local-steps is 0
+    "strategy": "fedadam",
     "data-dir": "../shared/data/nf",
     "orgs": ",".join(ORGS),       # partition-id i of a simulation is the i-th organisation here
-    "lr": task.LR,
-    # Class-balanced local loss: BoT-IoT is 97 % attacks, CSE-CIC 10 %; unweighted, each node's
-    # update mostly drags the output bias towards its own prior and the average oscillates.
+    # "auto" (the keys of RECIPES): the value of the strategy's recipe, see resolve().
+    "lr": "auto",
+    # Class-balanced local loss (recipe "local"): BoT-IoT is 97 % attacks, CSE-CIC 10 %; unweighted,
+    # each node's update mostly drags the output bias towards its own prior. "global": before round 1
+    # every node reports its class totals (two numbers), the server sums them and sends the pooled
+    # class weights with each round, so the nodes' losses add up to one globally balanced loss.
+    # "none": plain loss. "balanced" = false is the older spelling of "none".
+    "class-balance": "auto",
     "balanced": True,
+    "local-steps": "auto",        # > 0: batches per round instead of local-epochs
+    "local-batch": 0,             # rows per local batch; 0: task.BATCH (512, as centralized)
+    "local-optimizer": "auto",    # adamw | sgd (with local-momentum)
+    "local-momentum": "auto",
+    "keep-optimizer": False,      # each node keeps its optimizer moments in Context.state across rounds
+    "server-lr": "auto",          # fedavgm: server learning rate; fedadam/fedyogi: eta (cosine decay over rounds)
+    "server-momentum": "auto",    # fedavgm: server momentum; fedadam/fedyogi: beta_1
+    "server-tau": "auto",         # fedadam/fedyogi: adaptivity tau
     # Loss weight of each unique row from its multiplicity in the org's file: none|log|sqrt|count.
     "weighting": "none",
     # What picks the threshold and the round: mean per-org validation F1 "unweighted" (each unique
@@ -67,7 +84,42 @@ DEFAULTS: dict[str, Any] = {
     "results": "",                # directory for <name>.json; empty: none written
     "name": "",
 }
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "scaffold")
+SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi")
+# What "auto" means, per kind of strategy. Client-side strategies (FedAvg, FedMedian, ...): each node
+# runs AdamW for local-epochs with its own class balance, as before. Server-side optimizers (FedOpt,
+# Reddi et al. 2021): each node takes plain SGD step(s) on the globally balanced loss, so the
+# example-weighted mean of the updates is a sum of gradients of the pooled objective, and the
+# server's Adam turns it into the step (the clients' Adam would normalise each node's update on its
+# own and bias the average towards the nodes' own optima).
+RECIPES: dict[str, dict[str, Any]] = {
+    "client": {"lr": task.LR, "class-balance": "local", "local-steps": 0, "local-optimizer": "adamw",
+               "local-momentum": 0.9, "server-lr": 1.0, "server-momentum": 0.9, "server-tau": 1e-3},
+    "server": {"lr": 0.05, "class-balance": "global", "local-steps": 1, "local-optimizer": "sgd",
+               "local-momentum": 0.0, "server-lr": 2e-3, "server-momentum": 0.9, "server-tau": 1e-6},
+}
+
+
+def recipe(strategy: str) -> dict[str, Any]:
+    return RECIPES["server" if strategy in SERVER_OPTIMIZERS else "client"]
+
+
+def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every "auto" (or empty/None) recipe key replaced by the strategy's recipe value."""
+    out = dict(cfg)
+    rec = recipe(str(out["strategy"]))
+    for key, value in rec.items():
+        if out.get(key) in (None, "", "auto"):
+            out[key] = "none" if key == "class-balance" and not bool(out.get("balanced", True)) else value
+    if out["class-balance"] not in ("local", "global", "none"):
+        raise ValueError(f"class-balance must be local, global or none, not {out['class-balance']!r}")
+    for key in ("lr", "local-momentum", "server-lr", "server-momentum", "server-tau"):
+        out[key] = float(out[key])
+    out["local-steps"] = int(out["local-steps"])
+    return out
+
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "multikrum", "scaffold", "fedavgm",
+                  "fedadam", "fedyogi")
 
 # Set by fl.federated before an in-process simulation (run_simulation takes no run config).
 OVERRIDES: dict[str, Any] = {}
@@ -100,6 +152,7 @@ class Recorder:
         self.label, self.rounds, self.select = label, rounds, select
         self.history: list[dict] = []
         self.data: dict[str, dict] = {}
+        self.class_weights: tuple[float, float] | None = None
         self.t0 = time.time()
 
     def __call__(self, records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -150,6 +203,30 @@ class Recorder:
                              "select-objective": float(objective[i])})
 
 
+def cosine(server_round: int, rounds: int) -> float:
+    """The cosine decay factor of round ``server_round`` (1 at round 1), as clients and centralized use."""
+    return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / max(rounds, 1)))
+
+
+def _cosine_server_lr(cls: type[Strategy], attr: str, rounds: int) -> type[Strategy]:
+    """``cls`` whose server learning rate (attribute ``attr``) follows the cosine decay over rounds.
+
+    With a server-side optimizer the server step is what moves the global model (Adam's step size
+    does not depend on the scale of the clients' updates), so the schedule lives here and the
+    clients keep a constant learning rate (``lr-schedule = constant`` in their train config).
+    """
+
+    class Cosine(cls):  # type: ignore[valid-type,misc]
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN202
+            if not hasattr(self, "_base_lr"):
+                self._base_lr = float(getattr(self, attr))
+            setattr(self, attr, self._base_lr * cosine(server_round, rounds))
+            return super().aggregate_train(server_round, replies)
+
+    Cosine.__name__ = Cosine.__qualname__ = cls.__name__
+    return Cosine
+
+
 def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Strategy:
     name = str(cfg["strategy"])
     common: dict[str, Any] = {
@@ -167,6 +244,13 @@ def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Str
         strategy = FedTrimmedAvg(**common, beta=0.25)
     elif name == "scaffold":
         strategy = Scaffold(**common)
+    elif name == "fedavgm":
+        strategy = _cosine_server_lr(FedAvgM, "server_learning_rate", int(cfg["num-server-rounds"]))(
+            **common, server_learning_rate=float(cfg["server-lr"]), server_momentum=float(cfg["server-momentum"]))
+    elif name in ("fedadam", "fedyogi"):
+        cls = _cosine_server_lr(FedAdam if name == "fedadam" else FedYogi, "eta", int(cfg["num-server-rounds"]))
+        strategy = cls(**common, eta=float(cfg["server-lr"]), eta_l=float(cfg["lr"]),
+                       beta_1=float(cfg["server-momentum"]), tau=float(cfg["server-tau"]))
     elif name == "multikrum":
         strategy = MultiKrum(**common, num_malicious_nodes=1, num_nodes_to_select=max(n_nodes - 2, 1))
     else:
@@ -178,18 +262,55 @@ def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Str
     return strategy
 
 
+def global_class_weights(grid: Grid, n_nodes: int, config: dict[str, Any]) -> tuple[float, float]:
+    """(negative, positive) loss weights balancing the classes over *all* nodes' training sets.
+
+    One query round: each node answers with its class totals (aggregate statistics, no rows);
+    the weights give both classes equal total weight and the pooled rows mean weight 1.
+    """
+    while len(node_ids := list(grid.get_node_ids())) < n_nodes:
+        time.sleep(0.5)
+    messages = [Message(content=RecordDict({"config": ConfigRecord(config)}), message_type=MessageType.QUERY,
+                        dst_node_id=node) for node in node_ids]
+    replies = [r for r in grid.send_and_receive(messages) if r.has_content()]
+    if len(replies) < n_nodes:
+        raise RuntimeError(f"class-count query: {len(replies)} of {n_nodes} nodes answered")
+    pos = sum(float(r.content["metrics"]["weight-pos"]) for r in replies)
+    neg = sum(float(r.content["metrics"]["weight-neg"]) for r in replies)
+    total = pos + neg
+    if pos <= 0 or neg <= 0:
+        return 1.0, 1.0
+    weights = (total / (2.0 * neg), total / (2.0 * pos))
+    _log(f"global class balance from {len(replies)} nodes: {pos / total * 100:.1f} % attacks -> "
+         f"weights negative {weights[0]:.3f}, positive {weights[1]:.3f}")
+    return weights
+
+
 def run_label(cfg: dict[str, Any]) -> str:
+    """The run's name: the strategy plus every setting that differs from its recipe (see RECIPES)."""
     if cfg.get("name"):
         return str(cfg["name"])
+    cfg = resolve(cfg)
+    rec = recipe(str(cfg["strategy"]))
     label = str(cfg["strategy"])
     if int(cfg.get("num-server-rounds", 20)) != 20:
         label += f"-r{int(cfg['num-server-rounds'])}"
-    if int(cfg.get("local-epochs", 2)) != 2:
+    if int(cfg.get("local-epochs", 2)) != 2 and int(cfg["local-steps"]) == 0:
         label += f"-e{int(cfg['local-epochs'])}"
-    if abs(float(cfg.get("lr", task.LR)) - task.LR) > 1e-12:
+    if abs(float(cfg["lr"]) - float(rec["lr"])) > 1e-12:
         label += f"-lr{float(cfg['lr']):g}"
-    if not bool(cfg.get("balanced", True)):
-        label += "-unbalanced"
+    if cfg["class-balance"] != rec["class-balance"]:
+        label += {"none": "-unbalanced", "global": "-gbal", "local": "-lbal"}[cfg["class-balance"]]
+    if int(cfg["local-steps"]) != int(rec["local-steps"]):
+        label += f"-s{int(cfg['local-steps'])}"
+    if int(cfg.get("local-batch", 0)) not in (0, task.BATCH):
+        label += f"-b{int(cfg['local-batch'])}"
+    if cfg["local-optimizer"] != rec["local-optimizer"]:
+        label += f"-{cfg['local-optimizer']}"
+    if bool(cfg.get("keep-optimizer", False)):
+        label += "-keepopt"
+    if str(cfg["strategy"]) in SERVER_OPTIMIZERS and float(cfg["server-lr"]) != float(rec["server-lr"]):
+        label += f"-slr{float(cfg['server-lr']):g}"
     if str(cfg.get("weighting", "none")) != "none":
         label += f"-w{cfg['weighting']}"
     if str(cfg.get("select", "unweighted")) != "unweighted":
@@ -203,7 +324,7 @@ def run_label(cfg: dict[str, Any]) -> str:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = {**DEFAULTS, **dict(context.run_config), **OVERRIDES}
+    cfg = resolve({**DEFAULTS, **dict(context.run_config), **OVERRIDES})
     orgs = [o for o in str(cfg["orgs"]).split(",") if o]
     rounds = int(cfg["num-server-rounds"])
     label = run_label(cfg)
@@ -212,10 +333,22 @@ def main(grid: Grid, context: Context) -> None:
     model = task.make_model(int(cfg["seed"]))
     # Everything a client needs travels with the message (see fl.client_app).
     shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"])}
-    train_cfg = ConfigRecord({**shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]),
-                              "num-rounds": rounds, "seed": int(cfg["seed"]), "balanced": bool(cfg["balanced"]),
-                              "weighting": str(cfg["weighting"]), "malicious": str(cfg["malicious"]),
-                              "attack": str(cfg["attack"]), "attack-scale": float(cfg["attack-scale"])})
+    balance = str(cfg["class-balance"])
+    train_values: dict[str, Any] = {
+        **shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]), "num-rounds": rounds,
+        "seed": int(cfg["seed"]), "balanced": balance == "local", "class-balance": balance,
+        "local-steps": int(cfg["local-steps"]), "local-optimizer": str(cfg["local-optimizer"]),
+        "local-batch": int(cfg.get("local-batch", 0)),
+        "local-momentum": float(cfg["local-momentum"]), "keep-optimizer": bool(cfg["keep-optimizer"]),
+        # Server-side optimizers decay the server step instead (see _cosine_server_lr).
+        "lr-schedule": "constant" if str(cfg["strategy"]) in SERVER_OPTIMIZERS else "cosine",
+        "weighting": str(cfg["weighting"]), "malicious": str(cfg["malicious"]),
+        "attack": str(cfg["attack"]), "attack-scale": float(cfg["attack-scale"])}
+    if balance == "global":
+        weights = global_class_weights(grid, len(orgs), {**shared, "weighting": str(cfg["weighting"])})
+        train_values.update({"class-weight-neg": weights[0], "class-weight-pos": weights[1]})
+        recorder.class_weights = weights
+    train_cfg = ConfigRecord(train_values)
     best: dict[str, Any] = {}
 
     def keep_best(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -253,7 +386,7 @@ def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall
         "config": {k: v for k, v in cfg.items() if k not in ("out", "results")},
         "threshold": thr, "val": val, "test": test,
         **{f"{split}_weighted": m for split, m in weighted.items()}, "history": recorder.history, "data": recorder.data,
-        "wall_s": wall, "best_round": best_round,
+        "wall_s": wall, "best_round": best_round, "class_weights": recorder.class_weights,
         "final_round_test": {o: m["test"] for o, m in recorder.history[-1]["orgs"].items()},
     }
     _log(f"[{label}] done in {wall:.0f}s; round {best_round} has the best validation F1; its test F1 "

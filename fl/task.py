@@ -68,7 +68,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
           weight_decay: float = WEIGHT_DECAY, batch: int = BATCH, proximal_mu: float = 0.0,
           seed: int = 0, optimizer: torch.optim.Optimizer | None = None, balanced: bool = False,
           correction: list[torch.Tensor] | None = None, grad_sum: list[torch.Tensor] | None = None,
-          sample_weight: np.ndarray | None = None) -> float:
+          sample_weight: np.ndarray | None = None, class_weight: tuple[float, float] | None = None,
+          max_steps: int = 0) -> float:
     """Train in place; return the mean loss of the last epoch.
 
     With ``proximal_mu > 0`` (FedProx) the loss gets ``mu/2 * ||w - w_global||^2`` on *every*
@@ -79,6 +80,13 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
     with ``balanced`` the class balance is computed on those weights (both classes get equal total
     weight) and everything is normalised to mean 1, so the learning rate keeps its meaning.
 
+    ``class_weight`` = (negative, positive) weights fixed from outside (federated *global* class
+    balance: computed by the server from every node's class counts). They multiply
+    ``sample_weight`` and are not re-normalised per node, so the nodes' losses add up to the
+    pooled, globally balanced loss; ``balanced`` is ignored then.
+
+    ``max_steps > 0`` stops after that many batches (``epochs`` is raised to cover them).
+
     SCAFFOLD: ``correction`` (c − c_i, one tensor per parameter) is added to every batch gradient,
     and the raw data gradients are summed into ``grad_sum`` so the caller can update c_i.
     """
@@ -88,17 +96,27 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     sample_w = None
-    if balanced or sample_weight is not None:
+    if max_steps > 0:
+        epochs = max(epochs, -(-max_steps // max(-(-len(y) // batch), 1)))
+    if class_weight is not None:
+        sw = np.ones(len(y), dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        sw = sw * np.where(y.astype(bool), float(class_weight[1]), float(class_weight[0]))
+        sample_w = torch.from_numpy(sw.astype(np.float32))
+    elif balanced or sample_weight is not None:
         sw = np.ones(len(y), dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64)
         if balanced:
             sw = sw * class_weights(y, sw)
         sample_w = torch.from_numpy((sw / max(sw.mean(), 1e-12)).astype(np.float32))
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     last = float("nan")
+    steps = 0
     for _ in range(epochs):
         perm = torch.randperm(len(yt), generator=gen)
         total, n = 0.0, 0
         for start in range(0, len(perm), batch):
+            if max_steps > 0 and steps >= max_steps:
+                break
+            steps += 1
             idx = perm[start:start + batch]
             opt.zero_grad(set_to_none=True)
             per_row = loss_fn(model(xt[idx]), yt[idx])
@@ -116,7 +134,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
             opt.step()
             total += float(loss.detach()) * len(idx)
             n += len(idx)
-        last = total / max(n, 1)
+        last = total / max(n, 1) if n else last
     return last
 
 
@@ -205,3 +223,39 @@ def metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, fl
         "f1": f1, "fpr": fp / (fp + tn) if fp + tn else 0.0, "pr_auc": pr_auc,
         "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": float(threshold),
     }
+
+
+LOCAL_OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(model: nn.Module, name: str = "adamw", lr: float = LR, momentum: float = 0.9,
+                   weight_decay: float = WEIGHT_DECAY) -> torch.optim.Optimizer:
+    """A node's local optimizer: AdamW (as centralized) or SGD with momentum (for server-side optimizers)."""
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown local optimizer {name!r}; one of {LOCAL_OPTIMIZERS}")
+
+
+def optimizer_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's per-parameter state (moments, step) as named arrays, for ``Context.state``."""
+    out: dict[str, np.ndarray] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            arr = val.detach().cpu().numpy() if torch.is_tensor(val) else np.asarray(val, dtype=np.float32)
+            out[f"{idx}/{key}"] = np.array(arr, copy=True, order="C")  # keeps 0-d arrays (step) 0-d
+    return out
+
+
+def load_optimizer_arrays(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], lr: float) -> None:
+    """Restore :func:`optimizer_arrays` into ``opt`` (same model layout); the learning rate stays ``lr``."""
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, arr in arrays.items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = torch.from_numpy(np.asarray(arr).copy())
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    for group in opt.param_groups:
+        group["lr"] = lr

@@ -150,6 +150,47 @@ def test_proximal_term_holds_weights_near_global() -> None:
     assert drift[100.0] < 0.2 * drift[0.0]
 
 
+def test_global_class_weights_are_not_renormalised_per_node() -> None:
+    """With server-sent class weights each node's loss is (1/n)·Σ w(y)·ℓ, not re-scaled to mean 1,
+    so the nodes' losses add up to the pooled globally balanced loss; weights (1, 1) = plain loss."""
+    rng = np.random.default_rng(3)
+    x = rng.random((256, len(FEATURES)), dtype=np.float32)
+    y = (rng.random(256) < 0.9).astype(np.float32)  # a BoT-like node: mostly attacks
+
+    def first_loss(**kw) -> float:
+        model = task.make_model(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the loss of the initial model
+        return task.train(model, x, y, 1, optimizer=opt, batch=256, **kw)
+
+    plain = first_loss()
+    assert first_loss(class_weight=(1.0, 1.0)) == pytest.approx(plain, rel=1e-6)
+    assert first_loss(class_weight=(2.0, 2.0)) == pytest.approx(2 * plain, rel=1e-5)
+    # balanced=True is overridden: local balancing would rescale to mean 1 on this node.
+    assert first_loss(class_weight=(2.0, 2.0), balanced=True) == pytest.approx(2 * plain, rel=1e-5)
+
+
+def test_local_steps_and_optimizer_state_round_trip() -> None:
+    """max_steps bounds the batches of a round; the optimizer state survives optimizer_arrays."""
+    rng = np.random.default_rng(4)
+    x = rng.random((1000, len(FEATURES)), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.float32)
+    model = task.make_model(0)
+    opt = task.make_optimizer(model, "adamw", 1e-3)
+    task.train(model, x, y, 1, optimizer=opt, batch=100, max_steps=3)
+    arrays = task.optimizer_arrays(opt)
+    assert {float(v) for k, v in arrays.items() if k.endswith("/step")} == {3.0}
+    task.train(model, x, y, 1, optimizer=opt, batch=100, max_steps=25)  # 25 > one epoch of 10 batches
+    assert {float(v) for k, v in task.optimizer_arrays(opt).items() if k.endswith("/step")} == {28.0}
+    fresh = task.make_optimizer(model, "adamw", 1e-3)
+    task.load_optimizer_arrays(fresh, task.optimizer_arrays(opt), lr=5e-4)
+    for k, v in task.optimizer_arrays(opt).items():
+        np.testing.assert_array_equal(task.optimizer_arrays(fresh)[k], v)
+    assert fresh.param_groups[0]["lr"] == 5e-4
+    sgd = task.make_optimizer(model, "sgd", 0.1, momentum=0.9)
+    task.train(model, x, y, 1, optimizer=sgd, batch=100, max_steps=2)
+    assert any(k.endswith("/momentum_buffer") for k in task.optimizer_arrays(sgd))
+
+
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "phoenix", "evaluate", *args], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -173,3 +214,25 @@ def test_evaluate_refuses_unlabeled_file() -> None:
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert "Label" in proc.stderr
+
+
+def test_strategy_recipes_resolve_auto_settings() -> None:
+    """'auto' settings take the strategy's recipe: server-side optimizers get local SGD steps on the
+    globally balanced loss, the other strategies keep AdamW epochs with a per-node balance."""
+    from fl import server_app
+
+    shipped = server_app.resolve({**server_app.DEFAULTS})
+    assert shipped["strategy"] == "fedadam" and shipped["class-balance"] == "global"
+    assert shipped["local-optimizer"] == "sgd" and shipped["local-steps"] == 1 and shipped["lr"] == 0.05
+    assert shipped["server-lr"] == 2e-3 and shipped["num-server-rounds"] == 2000
+    median = server_app.resolve({**server_app.DEFAULTS, "strategy": "fedmedian"})
+    assert median["class-balance"] == "local" and median["local-optimizer"] == "adamw"
+    assert median["local-steps"] == 0 and median["lr"] == task.LR
+    assert server_app.resolve({**server_app.DEFAULTS, "strategy": "fedavg", "balanced": False})["class-balance"] == "none"
+    explicit = server_app.resolve({**server_app.DEFAULTS, "lr": 0.01, "class-balance": "none"})
+    assert explicit["lr"] == 0.01 and explicit["class-balance"] == "none"
+    # Names only mention what differs from the recipe, so earlier result names stay valid.
+    assert server_app.run_label({**server_app.DEFAULTS, "strategy": "fedmedian", "num-server-rounds": 60}) == "fedmedian-r60"
+    assert server_app.run_label({**server_app.DEFAULTS, "num-server-rounds": 20}) == "fedadam"
+    assert server_app.run_label({**server_app.DEFAULTS, "strategy": "fedavg", "num-server-rounds": 20,
+                                 "class-balance": "global", "keep-optimizer": True}) == "fedavg-gbal-keepopt"

@@ -40,6 +40,19 @@ def test_two_round_simulation(tmp_path, strategy: str) -> None:
         assert all(0.0 <= m["test"]["f1"] <= 1.0 for m in h["orgs"].values())
 
 
+def test_global_balance_and_kept_optimizer(tmp_path) -> None:
+    """The class-count query round, server-sent global class weights and per-node optimizer state
+    kept in Context.state across rounds, with a server-side optimizer strategy on top."""
+    results = tmp_path / "results"
+    proc = _train("--strategy", "fedavgm", "--class-balance", "global", "--keep-optimizer", "--local-steps", "3",
+                  "--rounds", "2", "--max-rows", "1200", "--out", "", "--results", str(results), "--name", "ci-gbal")
+    assert "global class balance from 4 nodes" in proc.stderr and "round 2/2" in proc.stderr
+    doc = json.loads((results / "ci-gbal.json").read_text())
+    neg, pos = doc["class_weights"]
+    assert neg > 0 and pos > 0 and doc["config"]["class-balance"] == "global"
+    assert doc["config"]["keep-optimizer"] is True and doc["config"]["local-steps"] == 3
+
+
 def test_centralized_baseline(tmp_path) -> None:
     out = tmp_path / "central.pt"
     _train("--strategy", "centralized", "--epochs", "2", "--max-rows", "1000", "--out", str(out),
