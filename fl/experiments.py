@@ -7,7 +7,7 @@ Two lanes run side by side: the machine has two cores and each simulation uses t
 
 Groups:
   strategies  every federated strategy, 20 rounds x 2 local epochs (the comparison and the candidates)
-  fedopt      global class balance, kept optimizer state, local steps, FedAdam (the shipped recipe)
+  fedopt      global class balance, kept optimizer state, local steps, FedAdam (the shipped recipe), EMA
   baselines   centralized and local-only (cross matrix)
   loo         leave-one-organisation-out with FedAvg
   robust      one malicious organisation (label flipping, scaled updates) vs each aggregation
@@ -71,6 +71,10 @@ def suite(groups: set[str]) -> list[list[str]]:
         # fedadam-sgd-s1-r2000-eta2e-3 is what the defaults (--strategy fedadam --rounds 2000) run: it ships.
         runs.append(["--strategy", "fedadam", "--local-steps", "2", "--server-lr", "2e-3", "--rounds", "1500",
                      "--name", "fedadam-sgd-s2-r1500-eta2e-3", "--out", f"{CANDIDATES}/fedadam-s2-r1500.pt"])
+        # The shipped recipe with the server's moving average of the global model evaluated, selected, saved.
+        for decay in ("0.99", "0.995"):
+            runs.append(["--strategy", "fedadam", "--rounds", "2000", "--ema", decay, "--name", f"fedadam-ema{decay}",
+                         "--out", f"{CANDIDATES}/fedadam-ema{decay}.pt"])
     if "baselines" in groups:
         runs.append(["--strategy", "centralized", "--epochs", "60", "--out", f"{CANDIDATES}/centralized.pt"])
         runs.append(["--strategy", "local", "--epochs", "40"])

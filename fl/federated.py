@@ -65,6 +65,7 @@ def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[s
         "keep-optimizer": getattr(args, "keep_optimizer", False), "local-batch": getattr(args, "local_batch", 0),
         "weighting": getattr(args, "weighting", "none"), "select": getattr(args, "select", "unweighted"),
         "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
+        "ema": float(getattr(args, "ema", 0.0) or 0.0),
         "max-rows": args.max_rows, "seed": args.seed, "out": out, "results": results, "name": args.name,
     }
 

@@ -8,7 +8,10 @@ Strategies (``strategy``): ``fedavg``, ``fedprox`` (the client adds ``mu/2·||w 
 every batch), ``fedmedian``, ``fedtrimmedavg`` (β = 0.25: with four organisations one is cut from
 each end), ``multikrum`` (f = 1 assumed attacker, averages the n − 2 most central updates),
 ``scaffold`` (FedAvg plus control variates against client drift, :mod:`fl.scaffold`).
-``dp-noise ≥ 0`` wraps any of them in Flower's server-side fixed-clipping DP.
+``dp-noise ≥ 0`` wraps any of them in Flower's server-side fixed-clipping DP. ``ema > 0`` wraps the
+result in :class:`EMAStrategy`: the server keeps an exponential moving average (Polyak averaging)
+of the global model, training continues from the raw global model, and the averaged model is what
+the nodes evaluate, what validation picks the round of, and what the artifact holds.
 
 Each evaluation round every organisation returns TP/FP/FN/TN counts of its validation and test
 splits at a grid of thresholds. The server picks the threshold that maximises the mean
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -78,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     "attack-scale": -10.0,
     "dp-noise": -1.0,             # < 0: no differential privacy
     "dp-clip": 1.0,
+    # > 0: server-side exponential moving average of the global model with this decay (EMAStrategy);
+    # the average is evaluated, selected and saved. 0: off (the raw global model, as before).
+    "ema": 0.0,
     "max-rows": 0,                # > 0: each organisation subsamples (tests)
     "seed": 0,
     "out": "",                    # artifact path; empty: none written
@@ -227,6 +233,79 @@ def _cosine_server_lr(cls: type[Strategy], attr: str, rounds: int) -> type[Strat
     return Cosine
 
 
+class EMA:
+    """Exponential moving average of a model's arrays: ``avg = decay·avg + (1 − decay)·w``.
+
+    The first update copies ``w`` (the average starts at the first aggregated model). Floating
+    arrays are averaged in float64 and handed out in their own dtype; other arrays (integer
+    buffers) take the newest value.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), not {decay}")
+        self.decay = float(decay)
+        self.state: dict[str, np.ndarray] | None = None
+        self.dtypes: dict[str, np.dtype] = {}
+
+    def update(self, arrays: ArrayRecord) -> ArrayRecord:
+        current = {key: arr.numpy() for key, arr in arrays.items()}
+        if self.state is None:
+            self.dtypes = {key: a.dtype for key, a in current.items()}
+            self.state = {key: a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a.copy()
+                          for key, a in current.items()}
+        else:
+            for key, a in current.items():
+                if np.issubdtype(a.dtype, np.floating):
+                    avg = self.state[key]
+                    avg *= self.decay
+                    avg += (1.0 - self.decay) * a
+                else:
+                    self.state[key] = a.copy()
+        return self.arrays()
+
+    def arrays(self) -> ArrayRecord:
+        if self.state is None:
+            raise RuntimeError("EMA.arrays() before the first update")
+        return ArrayRecord(array_dict={key: Array(avg.astype(self.dtypes[key])) for key, avg in self.state.items()})
+
+
+class EMAStrategy(Strategy):
+    """Any strategy plus server-side Polyak averaging of the global model (run-config ``ema``).
+
+    ``aggregate_train`` is the wrapped strategy's (so training, and a server optimizer's state,
+    continue from the raw global model); after it the average takes a step towards the new global
+    model, and ``configure_evaluate`` sends the *average* to the nodes, so the per-round
+    validation/test counts, the round selection and the saved model are the average's.
+    """
+
+    def __init__(self, strategy: Strategy, decay: float) -> None:
+        self.strategy = strategy
+        self.ema = EMA(decay)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN201
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.ema.update(arrays)
+        return arrays, metrics
+
+    def evaluated(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The model evaluated in place of the global model ``arrays``: the average once it exists."""
+        return self.ema.arrays() if self.ema.state is not None else arrays
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN201
+        return self.strategy.configure_evaluate(server_round, self.evaluated(arrays), config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):  # noqa: ANN001, ANN201
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
 def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Strategy:
     name = str(cfg["strategy"])
     common: dict[str, Any] = {
@@ -259,6 +338,8 @@ def build_strategy(cfg: dict[str, Any], n_nodes: int, recorder: Recorder) -> Str
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy, noise_multiplier=float(cfg["dp-noise"]), clipping_norm=float(cfg["dp-clip"]),
             num_sampled_clients=n_nodes)
+    if float(cfg.get("ema", 0.0) or 0.0) > 0:
+        strategy = EMAStrategy(strategy, float(cfg["ema"]))
     return strategy
 
 
@@ -319,6 +400,8 @@ def run_label(cfg: dict[str, Any]) -> str:
         label += f"-{cfg['attack']}-{cfg['malicious']}"
     if float(cfg.get("dp-noise", -1)) >= 0:
         label += f"-dp{cfg['dp-noise']:g}"
+    if float(cfg.get("ema", 0.0) or 0.0) > 0:
+        label += f"-ema{float(cfg['ema']):g}"
     return label
 
 
@@ -354,6 +437,9 @@ def main(grid: Grid, context: Context) -> None:
     def keep_best(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # Called after each round's federated evaluation: keep the global model of the round with
         # the best mean *validation* F1 (model selection on validation, as centralized does per epoch).
+        # With ema > 0 the nodes evaluated the moving average, so that is what is kept.
+        if isinstance(strategy, EMAStrategy):
+            arrays = strategy.evaluated(arrays)
         if recorder.history and recorder.history[-1]["round"] == server_round:
             h = recorder.history[-1]
             score = h.get("select_objective", h["val_f1_mean"])
@@ -383,6 +469,7 @@ def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall
     summary = {
         "kind": "federated", "name": label, "strategy": str(cfg["strategy"]),
         "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
+        "ema": float(cfg.get("ema", 0.0) or 0.0),
         "config": {k: v for k, v in cfg.items() if k not in ("out", "results")},
         "threshold": thr, "val": val, "test": test,
         **{f"{split}_weighted": m for split, m in weighted.items()}, "history": recorder.history, "data": recorder.data,
@@ -399,7 +486,9 @@ def finish(cfg: dict[str, Any], label: str, recorder: Recorder, model: Any, wall
         prov = {
             "version": new_version(str(cfg["strategy"])), "strategy": str(cfg["strategy"]),
             "rounds": int(cfg["num-server-rounds"]), "local_epochs": int(cfg["local-epochs"]),
-            "selected_round": best_round, "data": [recorder.data.get(o, {"org": o}) for o in test],
+            "selected_round": best_round, "ema": summary["ema"],
+            "evaluated_model": "exponential moving average of the global model" if summary["ema"] > 0
+            else "global model", "data": [recorder.data.get(o, {"org": o}) for o in test],
             "threshold_from": "validation splits (mean per-organisation F1, from counts sent by the nodes)",
             "metrics": _clean({"val": val, "test": test}), "wall_s": round(wall, 1),
             "config": _clean(summary["config"]),

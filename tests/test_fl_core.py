@@ -236,3 +236,43 @@ def test_strategy_recipes_resolve_auto_settings() -> None:
     assert server_app.run_label({**server_app.DEFAULTS, "num-server-rounds": 20}) == "fedadam"
     assert server_app.run_label({**server_app.DEFAULTS, "strategy": "fedavg", "num-server-rounds": 20,
                                  "class-balance": "global", "keep-optimizer": True}) == "fedavg-gbal-keepopt"
+
+
+def test_ema_of_the_global_model() -> None:
+    """Server-side Polyak averaging: avg starts at the first aggregated model, then
+    avg = decay·avg + (1 − decay)·w; training gets the raw model, evaluation the average."""
+    from flwr.app import ArrayRecord
+
+    from fl import server_app
+
+    rounds = [{"w": np.full((2, 3), v, np.float32), "b": np.array([v], np.float32)} for v in (1.0, 3.0, -2.0)]
+    ema = server_app.EMA(0.9)
+    expected = None
+    for r in rounds:
+        out = ema.update(ArrayRecord(array_dict={k: server_app.Array(v) for k, v in r.items()}))
+        expected = {k: v.astype(np.float64) for k, v in r.items()} if expected is None else \
+            {k: 0.9 * expected[k] + 0.1 * r[k] for k in r}
+        got = {k: a.numpy() for k, a in out.items()}
+        assert list(got) == ["w", "b"] and got["w"].dtype == np.float32
+        assert all(np.allclose(got[k], expected[k]) for k in r)
+    assert np.allclose(ema.arrays()["b"].numpy(), [0.9 * (0.9 * 1 + 0.1 * 3) + 0.1 * -2])
+    with pytest.raises(ValueError):
+        server_app.EMA(1.0)
+
+    class Inner:  # a stand-in strategy: aggregation returns the round's model; records what it evaluates
+        evaluated: list = []
+
+        def aggregate_train(self, server_round, replies):
+            return ArrayRecord(array_dict={k: server_app.Array(v) for k, v in rounds[server_round - 1].items()}), None
+
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            self.evaluated.append(arrays["b"].numpy().item())
+            return []
+
+    wrapped = server_app.EMAStrategy(Inner(), 0.5)
+    raw = [wrapped.aggregate_train(rnd, [])[0]["b"].numpy().item() for rnd in (1, 2)]
+    assert raw == [1.0, 3.0]  # training continues from the raw global model
+    wrapped.configure_evaluate(2, ArrayRecord(array_dict={"b": server_app.Array(np.array([3.0], np.float32))}), None, None)
+    assert Inner.evaluated == [pytest.approx(2.0)]  # the nodes evaluate 0.5·1 + 0.5·3
+    assert server_app.run_label({**server_app.DEFAULTS, "num-server-rounds": 20, "ema": 0.99}) == "fedadam-ema0.99"
+    assert server_app.run_label({**server_app.DEFAULTS, "num-server-rounds": 20}) == "fedadam"

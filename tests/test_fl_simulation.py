@@ -40,17 +40,24 @@ def test_two_round_simulation(tmp_path, strategy: str) -> None:
         assert all(0.0 <= m["test"]["f1"] <= 1.0 for m in h["orgs"].values())
 
 
-def test_global_balance_and_kept_optimizer(tmp_path) -> None:
+def test_global_balance_kept_optimizer_and_ema(tmp_path) -> None:
     """The class-count query round, server-sent global class weights and per-node optimizer state
-    kept in Context.state across rounds, with a server-side optimizer strategy on top."""
-    results = tmp_path / "results"
+    kept in Context.state across rounds, with a server-side optimizer strategy on top, and the
+    server's moving average of the global model (--ema) evaluated and saved."""
+    results, out = tmp_path / "results", tmp_path / "ema.pt"
     proc = _train("--strategy", "fedavgm", "--class-balance", "global", "--keep-optimizer", "--local-steps", "3",
-                  "--rounds", "2", "--max-rows", "1200", "--out", "", "--results", str(results), "--name", "ci-gbal")
+                  "--rounds", "2", "--max-rows", "1200", "--ema", "0.5", "--out", str(out),
+                  "--results", str(results))
     assert "global class balance from 4 nodes" in proc.stderr and "round 2/2" in proc.stderr
-    doc = json.loads((results / "ci-gbal.json").read_text())
+    name = "fedavgm-r2-s3-keepopt-ema0.5"  # the derived run name records the EMA decay
+    doc = json.loads((results / f"{name}.json").read_text())
     neg, pos = doc["class_weights"]
     assert neg > 0 and pos > 0 and doc["config"]["class-balance"] == "global"
     assert doc["config"]["keep-optimizer"] is True and doc["config"]["local-steps"] == 3
+    assert doc["ema"] == 0.5 and [h["round"] for h in doc["history"]] == [1, 2]
+    art = load_artifact(out)
+    assert art.provenance["ema"] == 0.5 and art.provenance["selected_round"] == doc["best_round"]
+    assert art.provenance["evaluated_model"].startswith("exponential moving average")
 
 
 def test_centralized_baseline(tmp_path) -> None:
