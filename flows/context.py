@@ -149,20 +149,21 @@ class ContextDetector:
             keys, targets = _targets(probes)
             self._count(keys, targets, probes.keys.column("first_seen_ns").to_numpy())
             self._hold(probes, keys, now_ns)
-            out.extend(self._release(self._decide() > 0))
+            bits = self._decide()
+            out.extend(self._release(bits > 0, bits))
         return [r for r in out if len(r)]
 
     def expire(self, now_ns: int) -> list[FlowRecords]:
         """Release probe flows held longer than ``hold_s`` of processing time, decided as they stand."""
         if self._held is None:
             return []
-        return self._release(self._held_since <= now_ns - int(self.config.hold_s * 1e9))
+        return self._release(self._held_since <= now_ns - int(self.config.hold_s * 1e9), self._decide())
 
     def flush(self) -> list[FlowRecords]:
         """Release every held flow (end of input)."""
         if self._held is None:
             return []
-        return self._release(np.ones(len(self._held), bool))
+        return self._release(np.ones(len(self._held), bool), self._decide())
 
     def next_expiry_ns(self) -> int | None:
         if self._held is None:
@@ -217,7 +218,8 @@ class ContextDetector:
             bits |= np.where(hit, bit, 0).astype(np.uint8)
         return bits
 
-    def _release(self, go: np.ndarray) -> list[FlowRecords]:
+    def _release(self, go: np.ndarray, bits: np.ndarray) -> list[FlowRecords]:
+        """Send the held flows selected by ``go`` on, with ``bits`` (from :meth:`_decide`)."""
         assert self._held is not None
         overflow = len(self._held) - int(go.sum()) - self.config.max_held
         if overflow > 0:  # bound memory: the oldest undecided flows leave as they stand
@@ -227,7 +229,7 @@ class ContextDetector:
             self.stats.held_overflow += overflow
         if not go.any():
             return []
-        bits = self._decide()[go]
+        bits = bits[go]
         out = self._held.take(go).with_context(bits)
         self.stats.flagged += int((bits > 0).sum())
         self.stats.released_unflagged += int((bits == 0).sum())
@@ -253,16 +255,18 @@ class ContextDetector:
         return d
 
 
+# "detector" text for code = model bit | context bits << 1
+_VERDICT_DETECTORS = pa.array(["+".join((["model"] if c & 1 else []) +
+                                        [name for bit, name in DETECTOR_NAMES if (c >> 1) & bit])
+                               for c in range(16)], pa.string())
+
+
 def verdict_labels(model_malicious: np.ndarray, context: np.ndarray | None) -> tuple[np.ndarray, pa.Array]:
     """Final label and the ``detector`` column: which of the model and the detectors fired."""
     code = model_malicious.astype(np.int64)
     if context is not None:
         code = code | (context.astype(np.int64) << 1)
-    names = []
-    for c in range(16):
-        fired = (["model"] if c & 1 else []) + [name for bit, name in DETECTOR_NAMES if (c >> 1) & bit]
-        names.append("+".join(fired))
-    return code > 0, pc.take(pa.array(names, pa.string()), pa.array(code))
+    return code > 0, pc.take(_VERDICT_DETECTORS, pa.array(code))
 
 
 # --------------------------------------------------------------------------- dataflow stage
