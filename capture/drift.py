@@ -1,7 +1,7 @@
 """Feature drift: the meter's features on real captures versus the NF-v2 training distributions.
 
 Run ``python -m capture.drift`` (prints the Markdown tables of docs/packets.md). For each feature
-it compares, in the model's own input scale (``fl.preprocess.transform``: log1p, capped, in
+it compares, in the model's own input scale (``fl.preprocess.scale``: log1p, capped, in
 [0, 1]), our flows against training rows of the same class:
 
 * ``w1``: 1-Wasserstein distance (mean absolute difference of 101 quantiles) between our flows
@@ -42,9 +42,9 @@ def meter_captures(paths: list[Path], quirks: bool) -> np.ndarray:
 
 
 def drift_table(ours: np.ndarray, train: np.ndarray, train_protocols: np.ndarray) -> list[dict]:
-    from fl.preprocess import transform
+    from fl.preprocess import scale
 
-    zo, zt = transform(ours), transform(train)
+    zo, zt = scale(ours), scale(train)
     q = np.linspace(0, 1, 101)
     rows = []
     for j, name in enumerate(FEATURES):

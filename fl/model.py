@@ -1,7 +1,8 @@
 """The reference MLP and the self-describing model artifact.
 
-Architecture (REFERENCE.md): 39 → 512 → 256 → 128 → 96 → 48 → 1, each hidden layer
-Linear → LayerNorm → ReLU, Xavier-uniform init, one logit (203,873 parameters).
+Architecture: the reference's hidden layers (REFERENCE.md: 512 → 256 → 128 → 96 → 48 → 1, each
+Linear → LayerNorm → ReLU, Xavier-uniform init, one logit) over the 39 NF-v2 features as
+:mod:`fl.preprocess` encodes them (110 inputs instead of the reference's 39 scaled ones).
 
 The artifact is one ``torch.save`` file of plain tensors and built-in types, loaded with
 ``weights_only=True`` so opening a model file cannot run code. It carries everything serving
@@ -28,7 +29,7 @@ HIDDEN = (512, 256, 128, 96, 48)
 
 
 class PhoenixMLP(nn.Module):
-    def __init__(self, n_inputs: int = N_FEATURES, hidden: tuple[int, ...] = HIDDEN) -> None:
+    def __init__(self, n_inputs: int = preprocess.WIDTH, hidden: tuple[int, ...] = HIDDEN) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = n_inputs
@@ -41,6 +42,11 @@ class PhoenixMLP(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        # The encoded codes (flag bits, one-hots) start with zero weights: a code no training row
+        # carries (NTP, mDNS and CoAP are absent from NF-v2) then adds nothing to a score, instead
+        # of a random offset that would decide the verdict of every such flow at serving time.
+        with torch.no_grad():
+            self.net[0].weight[:, N_FEATURES:] = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -72,7 +78,7 @@ class Artifact:
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         doc = {
             "format": ARTIFACT_FORMAT,
-            "architecture": {"name": "mlp", "inputs": len(self.features), "hidden": list(self.hidden),
+            "architecture": {"name": "mlp", "inputs": self.model.net[0].in_features, "hidden": list(self.hidden),
                              "norm": "layernorm", "activation": "relu", "output": "logit"},
             "state_dict": state,
             "features": list(self.features),
@@ -98,7 +104,7 @@ def load_artifact(path: str | Path) -> Artifact:
                          f"{next((i for i, (a, b) in enumerate(zip(features, FEATURES, strict=False)) if a != b), min(len(features), N_FEATURES))})")
     preprocess.check_spec(doc["preprocessing"])
     hidden = tuple(doc["architecture"]["hidden"])
-    model = PhoenixMLP(len(features), hidden)
+    model = PhoenixMLP(int(doc["architecture"]["inputs"]), hidden)
     model.load_state_dict(doc["state_dict"])
     model.eval()
     return Artifact(model, float(doc["threshold"]), dict(doc.get("provenance", {})), features, hidden)

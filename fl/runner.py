@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fl import baselines, data
+from fl import baselines, data, preprocess
 from fl.model import Artifact, new_version
 from phoenix.config import DEFAULT_MODEL
 
@@ -50,6 +50,8 @@ def save_results(results_dir: str | Path, name: str, doc: dict) -> Path:
     # Long federations (hundreds of rounds) keep, per round, only what the report plots: each
     # organisation's F1; the chosen round's full metrics are in the document's top level.
     long = len(doc.get("history", [])) > 100
+    # Which input encoding made these numbers: runs under different encodings do not compare.
+    doc = {**doc, "preprocessing": doc.get("preprocessing") or preprocess.spec()}
     if long:
         doc = {**doc, "history": [_slim(h) for h in doc["history"]]}
     path.write_text(json.dumps(_clean(doc), indent=None if long else 1, separators=(",", ":") if long else None))

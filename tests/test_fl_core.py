@@ -44,6 +44,50 @@ def test_preprocessing_bounded_and_finite() -> None:
     assert z[1, 19] == 0.0 and z[2, 0] == 0.0
 
 
+def test_codes_are_spelled_out() -> None:
+    """Hand-checked encodings of the code-valued features (flags, protocol, TTL, nDPI, DNS type)."""
+    col = {f: i for i, f in enumerate(FEATURES)}
+    x = np.zeros((2, len(FEATURES)))
+    x[0, [col["PROTOCOL"], col["TCP_FLAGS"], col["CLIENT_TCP_FLAGS"], col["L7_PROTO"]]] = [6, 18, 2, 7.178]
+    x[0, [col["MIN_TTL"], col["MAX_TTL"], col["DNS_QUERY_TYPE"]]] = [64, 255, 28]
+    x[1, [col["PROTOCOL"], col["L7_PROTO"], col["DNS_QUERY_TYPE"], col["TCP_FLAGS"]]] = [47, 999.5, 9999, 1e9]
+    z = preprocess.transform(x)
+    assert z.shape == (2, preprocess.WIDTH) == (2, len(preprocess.COLUMNS))
+    hot = [{preprocess.COLUMNS[j]: round(float(r[j]), 4) for j in np.nonzero(r)[0] if j >= len(FEATURES)}
+           for r in z]
+    assert hot[0] == {"TCP_FLAGS:SYN": 1.0, "TCP_FLAGS:ACK": 1.0, "CLIENT_TCP_FLAGS:SYN": 1.0,
+                      "PROTOCOL:6": 1.0, "MIN_TTL:linear": round(64 / 255, 4), "MAX_TTL:linear": 1.0,
+                      "L7_PROTO:HTTP": 1.0, "DNS_QUERY_TYPE:28": 1.0}
+    # Unknown codes land in "other"; an absurd flags value is clipped to all eight bits, not wrapped.
+    assert hot[1] == {**{f"TCP_FLAGS:{b}": 1.0 for b in preprocess.FLAG_BITS}, "PROTOCOL:other": 1.0,
+                      "L7_PROTO:other": 1.0, "DNS_QUERY_TYPE:other": 1.0}
+
+
+def test_codes_no_training_row_carries_do_not_move_scores() -> None:
+    """Code columns start at zero weight, so one that training never saw active (here: NTP, as in
+    NF-v2) leaves every score unchanged at serving time, while the scaled columns still learn."""
+    col = {f: i for i, f in enumerate(FEATURES)}
+    rng = np.random.default_rng(5)
+    x = np.zeros((512, len(FEATURES)))
+    x[:, col["IN_BYTES"]] = rng.integers(40, 10**6, 512)
+    x[:, col["PROTOCOL"]], x[:, col["L7_PROTO"]] = 17, 5.0  # all DNS
+    y = (x[:, col["IN_BYTES"]] > 5000).astype(np.float32)
+    model = task.make_model(0)
+    task.train(model, preprocess.transform(x), y, 3)
+    ntp = x.copy()
+    ntp[:, col["L7_PROTO"]] = 9.0
+    z_dns, z_ntp = preprocess.transform(x), preprocess.transform(ntp)
+    j_ntp, j_dns = preprocess.COLUMNS.index("L7_PROTO:NTP"), preprocess.COLUMNS.index("L7_PROTO:DNS")
+    assert z_ntp[:, j_ntp].all() and not z_dns[:, j_ntp].any()
+    w = model.net[0].weight.detach()
+    assert float(w[:, j_ntp].abs().max()) == 0.0
+    assert float(w[:, j_dns].abs().max()) > 0.0
+    # The NTP flows score as if the code were absent (the "other" bucket is not set either).
+    cleared = z_ntp.copy()
+    cleared[:, j_ntp] = 0.0
+    np.testing.assert_array_equal(task.predict(model, z_ntp), task.predict(model, cleared))
+
+
 def test_training_and_serving_apply_the_same_transform(small_file: str) -> None:
     """The trainer's inputs are preprocess.transform of the raw rows, and Scorer scores raw rows
     to the same probabilities: one transform for training and serving, 1e46/NaN included."""
@@ -139,7 +183,7 @@ def test_weighted_counts_match_repeated_rows() -> None:
 def test_proximal_term_holds_weights_near_global() -> None:
     """FedProx: the penalty acts on every batch, so a large mu keeps the update small."""
     rng = np.random.default_rng(1)
-    x = rng.random((2048, len(FEATURES)), dtype=np.float32)
+    x = rng.random((2048, preprocess.WIDTH), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype(np.float32)
     drift = {}
     for mu in (0.0, 100.0):
@@ -154,7 +198,7 @@ def test_global_class_weights_are_not_renormalised_per_node() -> None:
     """With server-sent class weights each node's loss is (1/n)·Σ w(y)·ℓ, not re-scaled to mean 1,
     so the nodes' losses add up to the pooled globally balanced loss; weights (1, 1) = plain loss."""
     rng = np.random.default_rng(3)
-    x = rng.random((256, len(FEATURES)), dtype=np.float32)
+    x = rng.random((256, preprocess.WIDTH), dtype=np.float32)
     y = (rng.random(256) < 0.9).astype(np.float32)  # a BoT-like node: mostly attacks
 
     def first_loss(**kw) -> float:
@@ -172,7 +216,7 @@ def test_global_class_weights_are_not_renormalised_per_node() -> None:
 def test_local_steps_and_optimizer_state_round_trip() -> None:
     """max_steps bounds the batches of a round; the optimizer state survives optimizer_arrays."""
     rng = np.random.default_rng(4)
-    x = rng.random((1000, len(FEATURES)), dtype=np.float32)
+    x = rng.random((1000, preprocess.WIDTH), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype(np.float32)
     model = task.make_model(0)
     opt = task.make_optimizer(model, "adamw", 1e-3)
