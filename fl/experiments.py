@@ -8,6 +8,7 @@ Two lanes run side by side: the machine has two cores and each simulation uses t
 Groups:
   strategies  every federated strategy, 20 rounds x 2 local epochs (the comparison and the candidates)
   fedopt      the shipped recipe in full (FedAdam, 2000 rounds x 1 local step)
+  seeds       the shipped recipe and centralized again with seeds 1 and 2
   baselines   centralized and local-only (cross matrix)
   loo         leave-one-organisation-out with FedAvg
   robust      one malicious organisation (label flipping, scaled updates) vs each aggregation
@@ -28,6 +29,8 @@ RESULTS = "docs/results"
 CANDIDATES = "runs/candidates"
 # The last commit whose code (39 scaled inputs, `log1p_cap` v1) made docs/results/v1-scaled/.
 HISTORY_COMMIT = "0b0ebb2"
+SHIPPED_RECIPE_RUN = "fedadam-r2000"
+SEEDS = (1, 2)  # seed 0 is the suite's main run
 ROUNDS_SIDE = 10  # robustness/DP/leave-one-out: 10 rounds x 1 epoch keeps the suite within an hour
 
 
@@ -44,8 +47,16 @@ def suite(groups: set[str]) -> list[list[str]]:
         # optimizer state, 10-step and 2-step rounds, moving averages) were made with the first
         # input encoding; their results are in docs/results/v1-scaled/ and their commands in
         # HISTORY_COMMIT's version of this file.
-        runs.append(["--strategy", "fedadam", "--rounds", "2000", "--name", "fedadam-r2000",
+        runs.append(["--strategy", "fedadam", "--rounds", "2000", "--name", SHIPPED_RECIPE_RUN,
                      "--out", f"{CANDIDATES}/fedadam-r2000.pt"])
+    if "seeds" in groups:
+        # The shipped recipe and its centralized upper bound from other initial weights and batch
+        # orders (same splits): how much of the gap between them is the seed.
+        for seed in SEEDS:
+            runs.append(["--strategy", "fedadam", "--rounds", "2000", "--seed", str(seed),
+                         "--name", f"{SHIPPED_RECIPE_RUN}-seed{seed}", "--out", ""])
+            runs.append(["--strategy", "centralized", "--epochs", "60", "--seed", str(seed),
+                         "--name", f"centralized-seed{seed}", "--out", f"{CANDIDATES}/centralized-seed{seed}.pt"])
     if "baselines" in groups:
         runs.append(["--strategy", "centralized", "--epochs", "60", "--out", f"{CANDIDATES}/centralized.pt"])
         runs.append(["--strategy", "local", "--epochs", "40"])
@@ -78,7 +89,7 @@ def _run(args: list[str], results: str) -> tuple[list[str], int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", default=["strategies", "fedopt", "baselines", "loo", "robust", "dp"])
+    p.add_argument("--only", nargs="*", default=["strategies", "fedopt", "seeds", "baselines", "loo", "robust", "dp"])
     p.add_argument("--results", default=RESULTS)
     p.add_argument("--lanes", type=int, default=2)
     args = p.parse_args(argv)

@@ -109,7 +109,7 @@ def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     log(f"wrote {out} (threshold {thr:.4f}, version {prov['version']})")
     name = args.name or ("centralized" if weighting == "none" else f"centralized-w{weighting}")
     path = save_results(args.results, name, {"kind": "centralized", "name": name, "strategy": "centralized",
-                                             "weighting": weighting, "val_weighted_f1": val_w,
+                                             "weighting": weighting, "seed": args.seed, "val_weighted_f1": val_w,
                                              "test_weighted_f1": test_w,
                                              "epochs": args.epochs, "history": history, "threshold": thr,
                                              "val": val, "test": test, "wall_s": wall, "artifact": str(out),

@@ -1,0 +1,27 @@
+"""Report sections computed from results documents (pure logic on hand-made results)."""
+
+from __future__ import annotations
+
+from fl import report
+from fl.data import ORGS
+
+
+def _run(f1s: dict[str, float], val: float = 0.9) -> dict:
+    return {"test": {o: {"f1": f} for o, f in f1s.items()}, "val": {o: {"f1": val} for o in ORGS}}
+
+
+def test_seeds_section_pairs_each_federated_seed_with_its_centralized_seed() -> None:
+    fed0 = _run({"bot": 0.99, "ton": 0.95, "unsw": 0.92, "cse": 0.93})
+    cen0 = _run({"bot": 0.995, "ton": 0.96, "unsw": 0.93, "cse": 0.94})
+    fed1 = _run({"bot": 0.99, "ton": 0.97, "unsw": 0.90, "cse": 0.94})
+    cen1 = _run({"bot": 0.99, "ton": 0.96, "unsw": 0.925, "cse": 0.94})
+    runs = {report.SHIPPED_RECIPE_RUN: fed0, "centralized": cen0,
+            f"{report.SHIPPED_RECIPE_RUN}-seed1": fed1, "centralized-seed1": cen1}
+    text = "\n".join(report.seeds_section(runs))
+    # Worst gap: UNSW-NB15 of seed 1, 90.00 - 92.50.
+    assert "is -2.50 points" in text
+    assert "| 1 | 90.00 / 90.00 | 99.00 / 99.00 (+0.00) | 97.00 / 96.00 (+1.00) | 90.00 / 92.50 (-2.50)" in text
+    # Means over both seeds: ToN (95 + 97) / 2 = 96 against (96 + 96) / 2.
+    assert text.splitlines()[-1].startswith("| mean |") and "96.00 / 96.00 (+0.00)" in text.splitlines()[-1]
+    # One pair alone is not a seed study.
+    assert report.seeds_section({report.SHIPPED_RECIPE_RUN: fed0, "centralized": cen0}) == []
