@@ -25,3 +25,16 @@ def test_seeds_section_pairs_each_federated_seed_with_its_centralized_seed() -> 
     assert text.splitlines()[-1].startswith("| mean |") and "96.00 / 96.00 (+0.00)" in text.splitlines()[-1]
     # One pair alone is not a seed study.
     assert report.seeds_section({report.SHIPPED_RECIPE_RUN: fed0, "centralized": cen0}) == []
+
+
+def test_tree_check_sentence_caps_f1_by_the_missed_hard_class() -> None:
+    """26 hard rows, the best model flags 2: 24 missed out of 366 attacks caps F1 at 2·342/(2·342+24)."""
+    hard = {"org": "cse", "class": "Infilteration", "rows": 26, "test_attacks": 366}
+    doc = {"models": {
+        "trees": {"val_f1_mean": 0.97, "test_f1": {o: 0.95 for o in ORGS}, "hard_class": {**hard, "flagged": 2}},
+        "forest": {"val_f1_mean": 0.96, "test_f1": {o: 0.94 for o in ORGS}, "hard_class": {**hard, "flagged": 1}}},
+        "shipped_hard_class": {**hard, "flagged": 1}}
+    text = report.tree_check_sentence(doc)
+    assert "they flag 2 and 1, the shipped model 1" in text
+    assert "Missing 24 of them caps CSE-CIC F1 at 96.6," in text  # 684 / 708
+    assert report.tree_check_sentence(None) == ""
