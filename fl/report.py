@@ -86,7 +86,9 @@ def plot_rounds(runs: dict[str, dict], img: Path) -> str | None:
         hist = runs[s]["history"]
         for org in ORGS:
             ys = [h["orgs"][org]["test"]["f1"] * 100 for h in hist if org in h["orgs"]]
-            ax.plot(range(1, len(ys) + 1), ys, marker=".", label=ORG_TITLES[org])
+            long = len(ys) > 100  # markers would merge into a band over hundreds of rounds
+            ax.plot(range(1, len(ys) + 1), ys, marker=None if long else ".", lw=0.6 if long else 1.5,
+                    label=ORG_TITLES[org])
         ax.axvline(runs[s].get("best_round", len(hist)), color="grey", ls=":", lw=1)
         ax.set_title(s)
         ax.set_xlabel("round")
