@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fl.data import ORG_TITLES, ORGS
+from fl.experiments import HISTORY_COMMIT, SHIPPED_RECIPE_RUN
 
 # Runs made with the first input encoding (39 scaled columns, `log1p_cap` v1), kept as history:
 # the search that found the shipped recipe. The code that made them is at HISTORY_COMMIT.
 HISTORY_DIR = "v1-scaled"
-HISTORY_COMMIT = "0b0ebb2"
-# The shipped recipe's run in the current results (`phoenix train` = fedadam, 2000 rounds).
-SHIPPED_RECIPE_RUN = "fedadam-r2000"
 # Server-side moving average of the shipped recipe's global model (--ema), compared with its raw run.
 EMA_RUNS = ("fedadam-ema0.99", "fedadam-ema0.995")
 RAW_ONE_STEP = "fedadam-sgd-s1-r2000-eta2e-3"
