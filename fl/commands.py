@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "per organisation and writes the cross matrix. The artifact's threshold is chosen on validation data.",
     )
     # Defaults = the shipped model: FedAdam (server-side Adam) over nodes taking one plain SGD step a
-    # round on the globally class-balanced loss, 2000 rounds (docs/training.md; --ema 0.99 scored
-    # higher on validation but flags most benign flows of real captures, see there).
+    # round on the globally class-balanced loss, 2000 rounds (docs/training.md; with the first input
+    # encoding --ema 0.99 scored higher on validation but flagged most benign flows of real captures).
     # Settings left out take the strategy's recipe (fl.server_app.RECIPES): server-side optimizers
     # (fedadam, fedyogi, fedavgm) that recipe, the other strategies AdamW for --local-epochs with a
     # per-node class balance, as before.
