@@ -52,7 +52,8 @@ def val_threshold(model: torch.nn.Module, orgs: dict[str, OrgData]) -> tuple[flo
 
 def fit(train_orgs: dict[str, OrgData], val_orgs: dict[str, OrgData], epochs: int, *, seed: int = 0,
         lr: float = task.LR, eval_every: int = 1, progress: Progress | None = None,
-        label: str = "centralized", weighting: str = "none") -> tuple[torch.nn.Module, float, list[dict]]:
+        label: str = "centralized", weighting: str = "none",
+        arch: str = "reference") -> tuple[torch.nn.Module, float, list[dict]]:
     """Train one model on the pooled training rows of ``train_orgs``.
 
     Cosine learning-rate decay; after every ``eval_every`` epochs the threshold is chosen on the
@@ -66,7 +67,7 @@ def fit(train_orgs: dict[str, OrgData], val_orgs: dict[str, OrgData], epochs: in
         np.concatenate([d.counts("train") for d in train_orgs.values()]), weighting, len(y))
     if sw is not None:
         sw = sw / sw.mean()
-    model = task.make_model(seed)
+    model = task.make_model(seed, arch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=task.WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     best: tuple[float, float, dict] | None = None

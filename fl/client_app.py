@@ -61,7 +61,7 @@ def org_data(context: Context, config: dict) -> data.OrgData:
 
 
 def _model_from(msg: Message) -> torch.nn.Module:
-    model = task.make_model()
+    model = task.make_model(arch=str(msg.content["config"].get("arch", "reference")))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
 

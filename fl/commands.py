@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     # per-node class balance, as before.
     p.add_argument("--strategy", choices=STRATEGIES, default="fedadam")
     p.add_argument("--rounds", type=int, default=2000, help="federated rounds (default 2000)")
+    p.add_argument("--arch", choices=("reference", "periodic"), default="reference",
+                   help="network (fl.model.ARCHITECTURES): reference (default, shipped) or periodic (periodic "
+                        "features of the scaled inputs; better on NF-v2 test splits, worse on real captures)")
     p.add_argument("--local-epochs", type=int, default=2,
                    help="local epochs per round when no --local-steps apply (default 2)")
     p.add_argument("--epochs", type=int, default=60, help="epochs for centralized/local baselines (default 60)")

@@ -93,8 +93,9 @@ def run_centralized(args: argparse.Namespace, log: Progress) -> int:
     orgs = data.load_orgs(args.data, _orgs_arg(args.orgs), max_rows=args.max_rows)
     t0 = time.time()
     weighting = getattr(args, "weighting", "none")
+    arch = getattr(args, "arch", "reference")
     model, thr, history = baselines.fit(orgs, orgs, args.epochs, seed=args.seed, lr=_lr(args), progress=log,
-                                        weighting=weighting)
+                                        weighting=weighting, arch=arch)
     wall = time.time() - t0
     val = baselines.evaluate_orgs(model, orgs, thr, "val")
     test = baselines.evaluate_orgs(model, orgs, thr, "test")
@@ -107,9 +108,11 @@ def run_centralized(args: argparse.Namespace, log: Progress) -> int:
                              "wall_s": round(wall, 1)})
     Artifact(model, thr, prov).save(out)
     log(f"wrote {out} (threshold {thr:.4f}, version {prov['version']})")
-    name = args.name or ("centralized" if weighting == "none" else f"centralized-w{weighting}")
+    name = args.name or ("centralized" + ("" if arch == "reference" else f"-{arch}")
+                          + ("" if weighting == "none" else f"-w{weighting}"))
     path = save_results(args.results, name, {"kind": "centralized", "name": name, "strategy": "centralized",
-                                             "weighting": weighting, "seed": args.seed, "val_weighted_f1": val_w,
+                                             "weighting": weighting, "seed": args.seed, "arch": arch,
+                                             "val_weighted_f1": val_w,
                                              "test_weighted_f1": test_w,
                                              "epochs": args.epochs, "history": history, "threshold": thr,
                                              "val": val, "test": test, "wall_s": wall, "artifact": str(out),
@@ -126,7 +129,7 @@ def run_local(args: argparse.Namespace, log: Progress) -> int:
     t0 = time.time()
     for name, d in orgs.items():
         model, thr, _ = baselines.fit({name: d}, {name: d}, args.epochs, seed=args.seed, lr=_lr(args), progress=log,
-                                      label=f"local:{name}", eval_every=5)
+                                      label=f"local:{name}", eval_every=5, arch=getattr(args, "arch", "reference"))
         matrix[name] = baselines.evaluate_orgs(model, orgs, thr, "test")
         log(f"local model of {name}: test F1 " + " ".join(f"{o}={m['f1'] * 100:.2f}" for o, m in matrix[name].items()))
     name = args.name or "local"

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 2000,
     "local-epochs": 2,            # used when local-steps is 0
     "strategy": "fedadam",
+    "arch": "reference",          # fl.model.ARCHITECTURES
     "data-dir": "../shared/data/nf",
     "orgs": ",".join(ORGS),       # partition-id i of a simulation is the i-th organisation here
     # "auto" (the keys of RECIPES): the value of the strategy's recipe, see resolve().
@@ -374,6 +375,8 @@ def run_label(cfg: dict[str, Any]) -> str:
     cfg = resolve(cfg)
     rec = recipe(str(cfg["strategy"]))
     label = str(cfg["strategy"])
+    if str(cfg.get("arch", "reference")) != "reference":
+        label += f"-{cfg['arch']}"
     if int(cfg.get("num-server-rounds", 20)) != 20:
         label += f"-r{int(cfg['num-server-rounds'])}"
     if int(cfg.get("local-epochs", 2)) != 2 and int(cfg["local-steps"]) == 0:
@@ -413,9 +416,10 @@ def main(grid: Grid, context: Context) -> None:
     label = run_label(cfg)
     recorder = Recorder(label, rounds, str(cfg.get("select", "unweighted")))
     strategy = build_strategy(cfg, len(orgs), recorder)
-    model = task.make_model(int(cfg["seed"]))
+    model = task.make_model(int(cfg["seed"]), str(cfg["arch"]))
     # Everything a client needs travels with the message (see fl.client_app).
-    shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"])}
+    shared = {"orgs": ",".join(orgs), "data-dir": str(cfg["data-dir"]), "max-rows": int(cfg["max-rows"]),
+              "arch": str(cfg["arch"])}
     balance = str(cfg["class-balance"])
     train_values: dict[str, Any] = {
         **shared, "local-epochs": int(cfg["local-epochs"]), "lr": float(cfg["lr"]), "num-rounds": rounds,

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
 
-from fl.model import PhoenixMLP
+from fl.model import ARCHITECTURES, PhoenixMLP
 
 # Training hyper-parameters. The architecture, loss and AdamW are the reference's; the learning
 # rate is 10x its 1e-4 and weight decay lower, chosen on validation F1 (never test) because the
@@ -49,9 +49,12 @@ def row_weights(counts: np.ndarray | None, mode: str, n: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def make_model(seed: int = 0) -> PhoenixMLP:
+def make_model(seed: int = 0, arch: str = "reference") -> PhoenixMLP:
+    """A fresh network of the named architecture (:data:`fl.model.ARCHITECTURES`)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; one of {sorted(ARCHITECTURES)}")
     torch.manual_seed(seed)
-    return PhoenixMLP()
+    return PhoenixMLP(**ARCHITECTURES[arch])
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fl import data, preprocess, task
-from fl.model import Artifact, Scorer, load_artifact
+from fl.model import PERIODIC, Artifact, PeriodicFeatures, PhoenixMLP, Scorer, load_artifact
 from phoenix.config import PROJECT_ROOT
 from phoenix.schema import FEATURES, LABEL
 
@@ -135,6 +135,48 @@ def test_artifact_round_trip_and_wrong_features(tmp_path) -> None:
     torch.save(doc, tmp_path / "bad2.pt")
     with pytest.raises(ValueError, match="preprocessing"):
         load_artifact(tmp_path / "bad2.pt")
+
+
+def test_artifact_records_architecture_and_loads_older_ones(tmp_path) -> None:
+    """The periodic network's cycles and dropout travel in the artifact; an artifact from before they
+    existed (no "periodic", no "dropout" entry) loads as the network it was and scores the same."""
+    art = load_artifact(Artifact(task.make_model(2, "periodic"), 0.5).save(tmp_path / "new.pt"))
+    assert art.model.architecture()["periodic"] == list(PERIODIC) and art.model.dropout > 0
+    assert art.model.net[0].in_features == preprocess.WIDTH + 2 * len(FEATURES) * len(PERIODIC)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        task.make_model(0, "transformer")
+    old = PhoenixMLP(hidden=(512, 256, 128, 96, 48), periodic=(), dropout=0.0)
+    doc = torch.load(Artifact(old, 0.5).save(tmp_path / "old.pt"), weights_only=True)
+    for key in ("periodic", "dropout"):
+        del doc["architecture"][key]
+    torch.save(doc, tmp_path / "old.pt")
+    loaded = load_artifact(tmp_path / "old.pt").model
+    assert loaded.architecture()["periodic"] == [] and loaded.net[0].in_features == preprocess.WIDTH
+    x = torch.from_numpy(preprocess.transform(np.random.default_rng(0).integers(0, 9999, (64, len(FEATURES)))))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), old.eval()(x))
+
+
+def test_periodic_features_by_hand() -> None:
+    """sin and cos of the scaled columns only, at the given cycles; the code columns pass through."""
+    pf = PeriodicFeatures((1.0, 4.0), n_scaled=2)
+    out = pf(torch.tensor([[0.25, 0.125, 7.0]]))
+    # x, then sin of (col 0 at 1 and 4 cycles, col 1 at 1 and 4), then cos of the same: angles
+    # π/2, 2π, π/4, π.
+    r = 0.5 ** 0.5
+    torch.testing.assert_close(out, torch.tensor([[0.25, 0.125, 7.0, 1, 0, r, 0, 0, 1, r, -1]]), atol=1e-5, rtol=0)
+
+
+def test_periodic_features_separate_what_the_log_scale_merges() -> None:
+    """TCP windows 64,240 (Linux) and 65,535 sit 0.0007 apart on the log scale; at 1,024 cycles
+    their periodic features differ by far more than the scaled values do."""
+    col = FEATURES.index("TCP_WIN_MAX_IN")
+    raw = np.zeros((2, len(FEATURES)))
+    raw[:, col] = (64240, 65535)
+    z = torch.from_numpy(preprocess.transform(raw))
+    assert float(abs(z[0, col] - z[1, col])) < 1e-3
+    out = PeriodicFeatures()(z)
+    assert float((out[0] - out[1]).abs().max()) > 0.5
 
 
 def test_threshold_counts_match_metrics() -> None:

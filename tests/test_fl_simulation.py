@@ -43,13 +43,14 @@ def test_two_round_simulation(tmp_path, strategy: str) -> None:
 def test_global_balance_kept_optimizer_and_ema(tmp_path) -> None:
     """The class-count query round, server-sent global class weights and per-node optimizer state
     kept in Context.state across rounds, with a server-side optimizer strategy on top, and the
-    server's moving average of the global model (--ema) evaluated and saved."""
+    server's moving average of the global model (--ema) evaluated and saved; nodes and server
+    build the network the run names (--arch periodic)."""
     results, out = tmp_path / "results", tmp_path / "ema.pt"
     proc = _train("--strategy", "fedavgm", "--class-balance", "global", "--keep-optimizer", "--local-steps", "3",
-                  "--rounds", "2", "--max-rows", "1200", "--ema", "0.5", "--out", str(out),
+                  "--rounds", "2", "--max-rows", "1200", "--ema", "0.5", "--arch", "periodic", "--out", str(out),
                   "--results", str(results))
     assert "global class balance from 4 nodes" in proc.stderr and "round 2/2" in proc.stderr
-    name = "fedavgm-r2-s3-keepopt-ema0.5"  # the derived run name records the EMA decay
+    name = "fedavgm-periodic-r2-s3-keepopt-ema0.5"  # the derived run name records the network and EMA decay
     doc = json.loads((results / f"{name}.json").read_text())
     neg, pos = doc["class_weights"]
     assert neg > 0 and pos > 0 and doc["config"]["class-balance"] == "global"
@@ -58,6 +59,7 @@ def test_global_balance_kept_optimizer_and_ema(tmp_path) -> None:
     art = load_artifact(out)
     assert art.provenance["ema"] == 0.5 and art.provenance["selected_round"] == doc["best_round"]
     assert art.provenance["evaluated_model"].startswith("exponential moving average")
+    assert art.model.architecture()["periodic"] == [16.0, 64.0, 256.0, 1024.0] and doc["config"]["arch"] == "periodic"
 
 
 def test_centralized_baseline(tmp_path) -> None:
