@@ -9,6 +9,7 @@ Groups:
   strategies  every federated strategy, 20 rounds x 2 local epochs (the comparison and the candidates)
   fedopt      the shipped recipe in full (FedAdam, 2000 rounds x 1 local step)
   seeds       the shipped recipe and centralized again with seeds 1 and 2
+  periodic    the `periodic` network (--arch periodic): the shipped recipe, and centralized with seeds 0-2
   baselines   centralized and local-only (cross matrix)
   loo         leave-one-organisation-out with FedAvg
   robust      one malicious organisation (label flipping, scaled updates) vs each aggregation
@@ -57,6 +58,15 @@ def suite(groups: set[str]) -> list[list[str]]:
                          "--name", f"{SHIPPED_RECIPE_RUN}-seed{seed}", "--out", ""])
             runs.append(["--strategy", "centralized", "--epochs", "60", "--seed", str(seed),
                          "--name", f"centralized-seed{seed}", "--out", f"{CANDIDATES}/centralized-seed{seed}.pt"])
+    if "periodic" in groups:
+        # Periodic features of the scaled inputs: higher F1 on the NF-v2 test splits, worse on real
+        # captures (docs/training.md), so not the shipped network.
+        runs.append(["--strategy", "fedadam", "--rounds", "2000", "--arch", "periodic",
+                     "--out", f"{CANDIDATES}/fedadam-periodic-r2000.pt"])
+        for seed in (0, *SEEDS):
+            runs.append(["--strategy", "centralized", "--epochs", "60", "--arch", "periodic", "--seed", str(seed),
+                         "--name", "centralized-periodic" + (f"-seed{seed}" if seed else ""),
+                         "--out", f"{CANDIDATES}/centralized-periodic" + (f"-seed{seed}" if seed else "") + ".pt"])
     if "baselines" in groups:
         runs.append(["--strategy", "centralized", "--epochs", "60", "--out", f"{CANDIDATES}/centralized.pt"])
         runs.append(["--strategy", "local", "--epochs", "40"])
@@ -89,7 +99,8 @@ def _run(args: list[str], results: str) -> tuple[list[str], int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", default=["strategies", "fedopt", "seeds", "baselines", "loo", "robust", "dp"])
+    p.add_argument("--only", nargs="*",
+                   default=["strategies", "fedopt", "seeds", "periodic", "baselines", "loo", "robust", "dp"])
     p.add_argument("--results", default=RESULTS)
     p.add_argument("--lanes", type=int, default=2)
     args = p.parse_args(argv)

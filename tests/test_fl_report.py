@@ -38,3 +38,31 @@ def test_tree_check_sentence_caps_f1_by_the_missed_hard_class() -> None:
     assert "they flag 2 and 1, the shipped model 1" in text
     assert "Missing 24 of them caps CSE-CIC F1 at 96.6," in text  # 684 / 708
     assert report.tree_check_sentence(None) == ""
+
+
+def test_reference_sentence_names_the_targets_each_model_reaches() -> None:
+    """Targets BoT 99.9, ToN 97, UNSW 94.2, CSE 97.5: 97.0 on ToN reaches it, 99.89 on BoT does not."""
+    shipped = _run({"bot": 0.9989, "ton": 0.970, "unsw": 0.93, "cse": 0.95})["test"]
+    central = _run({"bot": 0.9995, "ton": 0.975, "unsw": 0.93, "cse": 0.95})["test"]
+    assert report.targets_met(shipped) == (["ton"], ["bot", "unsw", "cse"])
+    text = report.reference_sentence(shipped, central)
+    assert "the shipped model reaches it on ToN-IoT, centralized on BoT-IoT, ToN-IoT." in text
+    assert "Not on BoT-IoT, UNSW-NB15, CSE-CIC-IDS2018;" in text
+    periodic = {report.PERIODIC_FED_RUN: {"test": shipped}, report.PERIODIC_CENTRAL_RUN: {"test": central}}
+    assert ("with `centralized-periodic` on BoT-IoT, ToN-IoT and `fedadam-periodic-r2000` on ToN-IoT, but is not"
+            in report.periodic_sentence(periodic))
+    assert report.periodic_sentence({}) == ""
+
+
+def test_model_section_rows_per_model_with_seed_means() -> None:
+    """Seed 0 of each network, and the mean over seeds where a network has more than one."""
+    cen = _run({o: 0.90 for o in ORGS})
+    cen1 = _run({o: 0.94 for o in ORGS}, val=0.8)
+    runs = {"centralized": cen, "centralized-seed1": cen1, report.PERIODIC_CENTRAL_RUN: _run({o: 0.95 for o in ORGS}),
+            report.PERIODIC_FED_RUN: _run({o: 0.91 for o in ORGS})}
+    lines = report.model_section(runs, history={})
+    rows = [line for line in lines if line.startswith(("| centralized |", "| FedAdam"))]
+    assert len(rows) == 4  # reference seed 0 and mean of 2; periodic centralized; periodic federated
+    assert "shipped | mean of 2 | 85.00 | 92.00 | 92.00 | 92.00 | 92.00 |" in next(r for r in rows if "mean of 2" in r)
+    assert rows[2].startswith("| centralized | the same inputs, `periodic` network | 0 | 90.00 | 95.00 |")
+    assert rows[3].startswith("| FedAdam") and "`periodic` network | 0 | 90.00 | 91.00 |" in rows[3]
