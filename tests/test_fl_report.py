@@ -66,3 +66,18 @@ def test_model_section_rows_per_model_with_seed_means() -> None:
     assert "shipped | mean of 2 | 85.00 | 92.00 | 92.00 | 92.00 | 92.00 |" in next(r for r in rows if "mean of 2" in r)
     assert rows[2].startswith("| centralized | the same inputs, `periodic` network | 0 | 90.00 | 95.00 |")
     assert rows[3].startswith("| FedAdam") and "`periodic` network | 0 | 90.00 | 91.00 |" in rows[3]
+
+
+def test_capture_section_counts_benign_and_attack_flows_per_model() -> None:
+    def counts(flows: int, model: int, flagged: int) -> dict:
+        return {"packets": flows, "flows": flows, "malicious_flows": flagged, "by_model": model,
+                "by_context": flagged - model}
+
+    doc = {"captures": ["benign_a.pcap", "benign_b.pcap", "mal_scan_ndpi_nmap_synscan.pcap", "robust_x.pcap"],
+           "models": {"shipped": {"version": "v1", "architecture": {"periodic": []}, "per_file": {
+               "benign_a.pcap": counts(10, 2, 2), "benign_b.pcap": counts(1200, 1, 1),
+               "mal_scan_ndpi_nmap_synscan.pcap": counts(1994, 16, 1994), "robust_x.pcap": counts(1, 1, 1)}}}}
+    lines = report.capture_section(doc)
+    assert "| model | network | benign flagged | nmap SYN scan |" in lines
+    assert "| `shipped` (v1) | `reference` | 3 / 1,210 | 16 (1,994) / 1,994 |" in lines
+    assert report.capture_section(None) == []
