@@ -43,7 +43,9 @@ def check(models: dict[str, str | Path], files: list[str]) -> dict:
     for name, path in models.items():
         art = load_artifact(path)
         doc = scan(files, model=str(path))
-        out["models"][name] = {"artifact": str(path), "version": art.version, "threshold": art.threshold,
+        shown = Path(path).resolve()
+        shown = shown.relative_to(PROJECT_ROOT) if shown.is_relative_to(PROJECT_ROOT) else shown
+        out["models"][name] = {"artifact": str(shown), "version": art.version, "threshold": art.threshold,
                                "architecture": art.model.architecture(), "per_file": doc["per_file"]}
     return out
 
