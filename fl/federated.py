@@ -66,7 +66,8 @@ def config_from_args(args: argparse.Namespace, out: str, results: str) -> dict[s
         "weighting": getattr(args, "weighting", "none"), "select": getattr(args, "select", "unweighted"),
         "malicious": args.malicious, "attack": args.attack, "dp-noise": args.dp_noise, "dp-clip": args.dp_clip,
         "ema": float(getattr(args, "ema", 0.0) or 0.0),
-        "max-rows": args.max_rows, "seed": args.seed, "arch": getattr(args, "arch", "reference"), "out": out, "results": results, "name": args.name,
+        "max-rows": args.max_rows, "seed": args.seed, "arch": getattr(args, "arch", "reference"),
+        "out": out, "results": results, "name": args.name,
     }
 
 

@@ -38,7 +38,7 @@ PERIODIC = (16, 64, 256, 1024)
 # batch 8192, interleaved runs: 92,000 against 127,000; at 256: 137,000); dropout because the
 # periodic features let the network memorise exact values. On the NF-v2 test splits it
 # reaches ToN-IoT F1 97, but on real captures it misses the SSH brute force that ``reference``
-# flags, and flags more benign flows (docs/training.md, "Periodic features").
+# flags, and flags more benign flows (docs/training.md, "Input encoding and periodic features").
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "reference": {"hidden": HIDDEN, "periodic": (), "dropout": 0.0},
     "periodic": {"hidden": (256, 256, 128, 96, 48), "periodic": PERIODIC, "dropout": 0.1},
