@@ -34,9 +34,9 @@ HIDDEN = (512, 256, 128, 96, 48)
 # scale alone puts 0.0007 apart.
 PERIODIC = (16, 64, 256, 1024)
 # Named architectures (``phoenix train --arch``). ``periodic``: the first layer narrowed to 256
-# because at 512 its 422 inputs scored 28 % fewer records/s than ``reference`` (Scorer, one thread,
-# batch 8192, interleaved runs: 92,000 against 127,000; at 256: 137,000); dropout because the
-# periodic features let the network memorise exact values. On the NF-v2 test splits it
+# because at 512 its 422 inputs scored 28 % fewer records/s than ``reference`` (ad-hoc timing of
+# Scorer, one thread, batch 8192, interleaved runs: 92,000 against 127,000; at 256: 137,000);
+# dropout because the periodic features let the network memorise exact values. On the NF-v2 test splits it
 # reaches ToN-IoT F1 97, but on real captures it misses the SSH brute force that ``reference``
 # flags, and flags more benign flows (docs/training.md, "Input encoding and periodic features").
 ARCHITECTURES: dict[str, dict[str, Any]] = {

@@ -433,8 +433,8 @@ def model_section(runs: dict[str, dict], history: dict[str, dict]) -> list[str]:
             "64, 256 and 1,024 cycles over its range (Gorishniy et al. 2022, \"On embeddings for numerical "
             "features\", with fixed frequencies): 312 more inputs computed inside the model, so the preprocessing "
             "is unchanged and nothing of them travels in a federated round. Its first layer is 256 wide (at 512 "
-            "the 422 inputs scored 28 % fewer records per second than the shipped network: 92,000 against "
-            "127,000 on one thread; at 256, 137,000) and it has dropout 0.1 after every hidden layer. Same "
+            "the 422 inputs scored 28 % fewer records per second than the shipped network in an ad-hoc timing "
+            "of `Scorer`, one thread, batch 8,192: 92,000 against 127,000; at 256, 137,000) and it has dropout 0.1 after every hidden layer. Same "
             "splits, same recipes:", "",
             *_table(["recipe", "encoding and network", "seeds", "validation mean", *(ORG_TITLES[o] for o in ORGS)],
                     rows),

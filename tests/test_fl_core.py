@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fl import data, preprocess, task
-from fl.model import PERIODIC, Artifact, PeriodicFeatures, PhoenixMLP, Scorer, load_artifact
+from fl.model import ARCHITECTURES, PERIODIC, Artifact, PeriodicFeatures, PhoenixMLP, Scorer, load_artifact
 from phoenix.config import PROJECT_ROOT
 from phoenix.schema import FEATURES, LABEL
 
@@ -145,6 +145,10 @@ def test_artifact_records_architecture_and_loads_older_ones(tmp_path) -> None:
     assert art.model.net[0].in_features == preprocess.WIDTH + 2 * len(FEATURES) * len(PERIODIC)
     with pytest.raises(ValueError, match="unknown architecture"):
         task.make_model(0, "transformer")
+    from phoenix.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert set(next(a for a in train._actions if a.dest == "arch").choices) == set(ARCHITECTURES)
     old = PhoenixMLP(hidden=(512, 256, 128, 96, 48), periodic=(), dropout=0.0)
     doc = torch.load(Artifact(old, 0.5).save(tmp_path / "old.pt"), weights_only=True)
     for key in ("periodic", "dropout"):
